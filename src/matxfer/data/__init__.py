@@ -1,0 +1,1 @@
+"""Datasets, crystal records, graphs and splits."""

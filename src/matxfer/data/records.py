@@ -1,0 +1,160 @@
+"""Crystal records: one structure plus the labels it has.
+
+A :class:`CrystalRecord` pairs a pymatgen ``Structure`` with a dict of labels. Tensor labels
+are full Cartesian numpy arrays in the *same Cartesian frame as the structure*. Missing labels
+are absent from the dict, never zero or NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from matxfer import keys as K
+
+#: expected shape of each known label (``None`` = per atom, first axis n_atoms)
+TARGET_SHAPES: dict[str, tuple[int, ...]] = {
+    K.ELASTIC_TENSOR: (3, 3, 3, 3),
+    K.DIELECTRIC_TOTAL: (3, 3),
+    K.DIELECTRIC_ELECTRONIC: (3, 3),
+    K.DIELECTRIC_IONIC: (3, 3),
+    K.PIEZO_TENSOR: (3, 3, 3),
+    K.BORN_CHARGES: (-1, 3, 3),
+}
+
+#: index-symmetry formula of each tensor label (e3nn ``CartesianTensor`` notation)
+TARGET_FORMULAS: dict[str, str] = {
+    K.ELASTIC_TENSOR: "ijkl=jikl=klij",
+    K.DIELECTRIC_TOTAL: "ij=ji",
+    K.DIELECTRIC_ELECTRONIC: "ij=ji",
+    K.DIELECTRIC_IONIC: "ij=ji",
+    K.PIEZO_TENSOR: "ijk=ikj",
+    K.BORN_CHARGES: "ij",
+}
+
+#: units of each known label
+TARGET_UNITS: dict[str, str] = {
+    K.ELASTIC_TENSOR: "GPa",
+    K.DIELECTRIC_TOTAL: "dimensionless",
+    K.DIELECTRIC_ELECTRONIC: "dimensionless",
+    K.DIELECTRIC_IONIC: "dimensionless",
+    K.PIEZO_TENSOR: "C/m^2",
+    K.BORN_CHARGES: "e",
+    K.BULK_MODULUS_VRH: "GPa",
+    K.SHEAR_MODULUS_VRH: "GPa",
+    "log10_bulk_modulus_vrh": "log10(GPa)",
+    "log10_shear_modulus_vrh": "log10(GPa)",
+    K.FORMATION_ENERGY_PER_ATOM: "eV/atom",
+    "formation_energy": "eV/cell",
+    "e_above_hull": "eV/atom",
+    K.BAND_GAP: "eV",
+    K.EIJ_MAX: "C/m^2",
+    K.REFRACTIVE_INDEX: "dimensionless",
+    "last_phdos_peak": "cm^-1",
+    "energy": "eV",
+    "forces": "eV/Angstrom",
+}
+
+#: tolerance (relative to the tensor's norm) for "symmetric where it must be"
+SYMMETRY_RTOL = 1e-3
+
+
+class RecordError(ValueError):
+    """A bad entry: the message names the entry and the problem."""
+
+    def __init__(self, entry: str, reason: str):
+        super().__init__(f"{entry}: {reason}")
+        self.entry = entry
+        self.reason = reason
+
+
+@dataclass
+class CrystalRecord:
+    """One crystal and its labels.
+
+    Attributes:
+        material_id: unique id within its dataset (an MP id, or ``<dataset>-<index>``).
+        structure: ordered pymatgen structure; tensor labels are in its Cartesian frame.
+        labels: target name -> float or numpy array (full Cartesian tensors).
+        meta: anything else worth keeping (formula, space group, source frame...).
+    """
+
+    material_id: str
+    structure: Structure
+    labels: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def has(self, target: str) -> bool:
+        return target in self.labels
+
+    @property
+    def formula(self) -> str:
+        return self.structure.composition.reduced_formula
+
+
+def check_structure(entry: str, structure: Structure) -> Structure:
+    """Raise :class:`RecordError` for an empty, disordered or degenerate structure."""
+    if structure is None or len(structure) == 0:
+        raise RecordError(entry, "empty structure (no sites)")
+    if not structure.is_ordered:
+        raise RecordError(entry, "partial occupancy / disordered sites are not supported")
+    vol = structure.lattice.volume
+    if not math.isfinite(vol) or vol <= 1e-6:
+        raise RecordError(entry, f"degenerate lattice (volume {vol:g} A^3)")
+    if not np.all(np.isfinite(structure.cart_coords)):
+        raise RecordError(entry, "non-finite atomic coordinates")
+    return structure
+
+
+def check_label(entry: str, name: str, value: Any, n_atoms: int | None = None) -> Any:
+    """Validate one label's shape, finiteness and index symmetry; return it as float/ndarray."""
+    shape = TARGET_SHAPES.get(name)
+    if shape is None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError) as exc:
+            raise RecordError(entry, f"label {name!r} is not a number: {value!r}") from exc
+        if not math.isfinite(v):
+            raise RecordError(entry, f"label {name!r} is not finite ({v})")
+        return v
+    arr = np.asarray(value, dtype=float)
+    want = tuple(n_atoms if s == -1 else s for s in shape) if n_atoms is not None else shape
+    if arr.ndim != len(want) or any(w not in (-1, a) for w, a in zip(want, arr.shape)):
+        raise RecordError(entry, f"label {name!r} has shape {arr.shape}, expected {want}")
+    if not np.all(np.isfinite(arr)):
+        raise RecordError(entry, f"label {name!r} contains NaN or inf")
+    formula = TARGET_FORMULAS.get(name, "")
+    scale = max(float(np.abs(arr).max()), 1e-12)
+    if formula == "ij=ji":
+        asym = np.abs(arr - arr.T).max()
+        if asym > SYMMETRY_RTOL * scale:
+            raise RecordError(entry, f"label {name!r} is not symmetric (max |T-T^T| = {asym:.3g})")
+    elif formula == "ijk=ikj":
+        asym = np.abs(arr - arr.transpose(0, 2, 1)).max()
+        if asym > SYMMETRY_RTOL * scale:
+            raise RecordError(entry, f"label {name!r} violates e_ijk = e_ikj ({asym:.3g})")
+    elif formula == "ijkl=jikl=klij":
+        asym = max(
+            np.abs(arr - arr.transpose(1, 0, 2, 3)).max(),
+            np.abs(arr - arr.transpose(2, 3, 0, 1)).max(),
+        )
+        if asym > SYMMETRY_RTOL * scale:
+            raise RecordError(entry, f"label {name!r} violates C_ijkl = C_jikl = C_klij ({asym:.3g})")
+    return arr
+
+
+def make_record(
+    entry: str, structure: Structure, labels: dict[str, Any], meta: dict[str, Any] | None = None
+) -> CrystalRecord:
+    """Build a checked record; labels that are ``None`` are treated as absent."""
+    check_structure(entry, structure)
+    clean = {}
+    for name, value in labels.items():
+        if value is None:
+            continue
+        clean[name] = check_label(entry, name, value, n_atoms=len(structure))
+    return CrystalRecord(entry, structure, clean, dict(meta or {}))
