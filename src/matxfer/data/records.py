@@ -59,8 +59,31 @@ TARGET_UNITS: dict[str, str] = {
     "forces": "eV/Angstrom",
 }
 
-#: tolerance (relative to the tensor's norm) for "symmetric where it must be"
-SYMMETRY_RTOL = 1e-3
+#: tolerance (relative to the largest component) for "symmetric where it must be". DFPT
+#: output carries small numerical asymmetries (up to ~1 % in the Petousis set); those are
+#: removed by symmetrising, anything larger is an error.
+SYMMETRY_RTOL = 2e-2
+
+
+#: index permutations that leave a tensor of each formula unchanged (generators)
+_INDEX_PERMUTATIONS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "ij=ji": ((1, 0),),
+    "ijk=ikj": ((0, 2, 1),),
+    "ijkl=jikl=klij": ((1, 0, 2, 3), (2, 3, 0, 1)),
+}
+
+
+def symmetrize_indices(arr: np.ndarray, formula: str) -> np.ndarray:
+    """Average ``arr`` over the index permutations of ``formula`` (e.g. ``ij=ji``)."""
+    if formula == "ij=ji":
+        return 0.5 * (arr + arr.T)
+    if formula == "ijk=ikj":
+        return 0.5 * (arr + arr.transpose(0, 2, 1))
+    if formula == "ijkl=jikl=klij":
+        a = 0.5 * (arr + arr.transpose(2, 3, 0, 1))
+        a = 0.5 * (a + a.transpose(1, 0, 2, 3))
+        return 0.5 * (a + a.transpose(0, 1, 3, 2))
+    return arr
 
 
 class RecordError(ValueError):
@@ -128,22 +151,17 @@ def check_label(entry: str, name: str, value: Any, n_atoms: int | None = None) -
     if not np.all(np.isfinite(arr)):
         raise RecordError(entry, f"label {name!r} contains NaN or inf")
     formula = TARGET_FORMULAS.get(name, "")
-    scale = max(float(np.abs(arr).max()), 1e-12)
-    if formula == "ij=ji":
-        asym = np.abs(arr - arr.T).max()
+    perms = _INDEX_PERMUTATIONS.get(formula, ())
+    if perms:
+        scale = max(float(np.abs(arr).max()), 1e-12)
+        asym = max(float(np.abs(arr - arr.transpose(p)).max()) for p in perms)
         if asym > SYMMETRY_RTOL * scale:
-            raise RecordError(entry, f"label {name!r} is not symmetric (max |T-T^T| = {asym:.3g})")
-    elif formula == "ijk=ikj":
-        asym = np.abs(arr - arr.transpose(0, 2, 1)).max()
-        if asym > SYMMETRY_RTOL * scale:
-            raise RecordError(entry, f"label {name!r} violates e_ijk = e_ikj ({asym:.3g})")
-    elif formula == "ijkl=jikl=klij":
-        asym = max(
-            np.abs(arr - arr.transpose(1, 0, 2, 3)).max(),
-            np.abs(arr - arr.transpose(2, 3, 0, 1)).max(),
-        )
-        if asym > SYMMETRY_RTOL * scale:
-            raise RecordError(entry, f"label {name!r} violates C_ijkl = C_jikl = C_klij ({asym:.3g})")
+            raise RecordError(
+                entry,
+                f"label {name!r} violates the index symmetry {formula} "
+                f"(max deviation {asym:.3g}, largest component {scale:.3g})",
+            )
+        arr = symmetrize_indices(arr, formula)
     return arr
 
 

@@ -1,0 +1,36 @@
+# Set-up and the two main jobs. `make quickstart` runs the quickstart study,
+# `make test` runs the test suite; both create the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= $(if $(MATXFER_DATA_DIR),$(MATXFER_DATA_DIR),$(abspath ../shared/data))
+export MATXFER_DATA_DIR := $(DATA_DIR)
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup quickstart test test-slow lint clean
+
+$(BIN)/matxfer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU wheel first, so that the package's torch range is already satisfied
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/matxfer
+
+setup: $(BIN)/matxfer
+
+quickstart: setup
+	$(BIN)/matxfer data list
+	$(BIN)/matxfer data validate petousis-dielectric-2017
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,297 @@
+"""The ``matxfer`` command line: thin subcommands over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("matxfer")
+
+#: subcommand name -> (help, add_arguments, run); other modules register here
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def register_command(
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int | None],
+) -> None:
+    """Add a top-level subcommand (used by the training, study and import modules)."""
+    COMMANDS[name] = (help, add_arguments, run)
+
+
+def _print_json(obj, out: str | None = None) -> None:
+    text = json.dumps(obj, indent=1, default=float)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    else:
+        print(text)
+
+
+# ----------------------------------------------------------------------------------------
+# matxfer data ...
+# ----------------------------------------------------------------------------------------
+
+
+def _count_local(spec, root) -> int:
+    if not spec.available(root):
+        return 0
+    return sum(1 for _ in spec.parser(spec.paths(root)))
+
+
+def cmd_data_list(args) -> int:
+    from matxfer.data.registry import REGISTRY
+    from matxfer.paths import data_dir
+
+    root = Path(args.data_dir) if args.data_dir else data_dir()
+    rows = []
+    for spec in REGISTRY.values():
+        rows.append(
+            {
+                "name": spec.name,
+                "targets": list(spec.targets),
+                "n_local": _count_local(spec, root),
+                "source": spec.source,
+                "citation": spec.citation,
+                "units": dict(spec.targets),
+                "files": list(spec.files),
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"datasets in {root}")
+    for col in ("name", "targets", "n_local", "source / citation"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            ", ".join(f"{t} [{u}]" for t, u in r["units"].items()),
+            str(r["n_local"]),
+            f"{r['source']}\n{r['citation']}",
+        )
+    Console().print(table)
+    return 0
+
+
+def _label_stats(records, target: str) -> dict:
+    import numpy as np
+
+    vals = [r.labels[target] for r in records if target in r.labels]
+    if not vals:
+        return {"n": 0}
+    first = np.asarray(vals[0])
+    if first.ndim == 0:
+        a = np.asarray(vals, dtype=float)
+        return {
+            "n": len(a),
+            "mean": float(a.mean()),
+            "std": float(a.std()),
+            "min": float(a.min()),
+            "median": float(np.median(a)),
+            "max": float(a.max()),
+        }
+    norms = np.array([np.linalg.norm(np.asarray(v)) for v in vals])
+    out = {
+        "n": len(vals),
+        "shape": list(first.shape) if first.shape[0] != -1 else ["n_atoms", 3, 3],
+        "frobenius_norm_mean": float(norms.mean()),
+        "frobenius_norm_median": float(np.median(norms)),
+        "frobenius_norm_max": float(norms.max()),
+        "n_zero": int((norms == 0).sum()),
+    }
+    if first.shape == (3, 3):
+        means = np.array([np.trace(np.asarray(v)) / 3 for v in vals])
+        out["mean_eigenvalue_median"] = float(np.median(means))
+    return out
+
+
+def cmd_data_show(args) -> int:
+    import numpy as np
+
+    from matxfer.data.registry import get_spec, load_dataset
+    from matxfer.data.validate import validate_dataset
+
+    spec = get_spec(args.name)
+    ds = load_dataset(args.name, root=args.data_dir, limit=args.limit, progress=True)
+    report = validate_dataset(ds, progress=True)
+    systems: dict[str, int] = {}
+    for r in report.results:
+        systems[r.crystal_system] = systems.get(r.crystal_system, 0) + 1
+    nsites = np.array([len(r.structure) for r in ds.records]) if ds.records else np.zeros(1)
+    info = {
+        "name": spec.name,
+        "description": spec.description,
+        "n_entries": len(ds.records) + len(ds.failures),
+        "n_loaded": len(ds.records),
+        "n_unloadable": len(ds.failures),
+        "frame": spec.frame,
+        "labels": {t: {"units": u, **_label_stats(ds.records, t)} for t, u in spec.targets.items()},
+        "crystal_systems": dict(sorted(systems.items())),
+        "sites_per_structure": {
+            "min": int(nsites.min()),
+            "median": float(np.median(nsites)),
+            "max": int(nsites.max()),
+        },
+        "n_elements": len({el.symbol for r in ds.records for el in r.structure.composition}),
+        "validation": {"passed": len(report.passed_ids), "failed": len(report.failed)},
+        "citation": spec.citation,
+        "source": spec.source,
+    }
+    if args.json:
+        _print_json(info)
+        return 0
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(info, expand_all=False))
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from matxfer.data.registry import load_dataset
+    from matxfer.data.validate import ValidationSettings, validate_dataset, write_filtered
+
+    settings = ValidationSettings(symprec=args.symprec, rtol=args.rtol)
+    ds = load_dataset(args.name, root=args.data_dir, limit=args.limit, progress=not args.json)
+    report = validate_dataset(ds, settings, use_cache=not args.no_cache, progress=not args.json)
+    blob = report.to_json()
+    if args.write_filtered:
+        write_filtered(report, args.write_filtered)
+    if args.json:
+        _print_json(blob, args.out)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(
+        f"[bold]{blob['dataset']}[/]: {blob['passed']} of {blob['n']} passed "
+        f"({100 * blob['pass_rate']:.1f} %), {blob['failed']} failed"
+    )
+    t = Table(title="by crystal system")
+    for c in ("crystal system", "passed", "failed"):
+        t.add_column(c)
+    for cs, d in blob["by_crystal_system"].items():
+        t.add_row(cs, str(d["passed"]), str(d["failed"]))
+    con.print(t)
+    if blob["failure_reasons"]:
+        con.print("failure reasons: " + ", ".join(f"{k} ({v})" for k, v in blob["failure_reasons"].items()))
+    for f in blob["failures"][: args.show]:
+        con.print(f"  {f['id']}: {f['reason']}")
+    if args.out:
+        _print_json(blob, args.out)
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from matxfer.data.download import download_dataset
+
+    paths = download_dataset(args.name, root=args.data_dir, force=args.force)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    p = sub.add_parser("data", help="list, inspect, validate and download datasets")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+
+    def common(q):
+        q.add_argument("--data-dir", default=None, help="data directory (default: $MATXFER_DATA_DIR or ../shared/data)")
+
+    q = dsub.add_parser("list", help="registered datasets and how many entries are here")
+    q.add_argument("--json", action="store_true")
+    common(q)
+    q.set_defaults(func=cmd_data_list)
+
+    q = dsub.add_parser("show", help="counts, label statistics, crystal systems, sizes")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--limit", type=int, default=None)
+    common(q)
+    q.set_defaults(func=cmd_data_show)
+
+    q = dsub.add_parser("validate", help="point-group and physical checks of every entry")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.add_argument("--out", default=None, help="also write the JSON report here")
+    q.add_argument("--write-filtered", default=None, metavar="FILE", help="write the passing ids as JSON")
+    q.add_argument("--rtol", type=float, default=0.05, help="relative point-group tolerance")
+    q.add_argument("--symprec", type=float, default=0.01, help="symmetry precision (Angstrom)")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--no-cache", action="store_true")
+    q.add_argument("--show", type=int, default=20, help="failures to print")
+    common(q)
+    q.set_defaults(func=cmd_data_validate)
+
+    q = dsub.add_parser("download", help="fetch a dataset from its original source")
+    q.add_argument("name")
+    q.add_argument("--force", action="store_true")
+    common(q)
+    q.set_defaults(func=cmd_data_download)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from matxfer import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="matxfer",
+        description="Transfer learning for crystal-property prediction.",
+    )
+    parser.add_argument("--version", action="version", version=f"matxfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_data_parser(sub)
+    for name, (help_, add_args, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_)
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Import modules that register further subcommands (training, studies, import...)."""
+    import importlib
+
+    for mod in ("matxfer.train.cli", "matxfer.study.cli", "matxfer.pretrained.cli"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # a plugin module that does not exist is skipped; a missing dependency is not
+            if exc.name not in (mod, mod.rsplit(".", 1)[0]):
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_plugins()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from matxfer.data.records import RecordError
+    from matxfer.data.registry import DataMissingError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataMissingError, RecordError, ValueError, FileNotFoundError) as exc:
+        print(f"matxfer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from matxfer import keys as K
+from matxfer.data.records import TARGET_SHAPES
+from matxfer.data.registry import REGISTRY, DataMissingError, get_spec, load_dataset
+
+REQUIRED = [
+    "mp-elastic-2024",
+    "dejong-elastic-2015",
+    "mp-elastic-binaries-2025",
+    "petousis-dielectric-2017",
+    "dejong-piezo-2015",
+    "macefield-dielectric-ionic",
+    "petretto-dielectric",
+    "flla-2015",
+    "castelli-perovskites",
+    "matbench-phonons",
+]
+
+
+def test_registry_names():
+    assert set(REQUIRED) <= set(REGISTRY)
+    with pytest.raises(ValueError, match="known datasets"):
+        get_spec("nope")
+    for spec in REGISTRY.values():
+        assert spec.targets and spec.citation and spec.source and spec.files
+
+
+@pytest.mark.parametrize("name", [n for n in REQUIRED if n != "petretto-dielectric"])
+def test_loader_on_real_files(data_dir, name):
+    spec = get_spec(name)
+    if not spec.available(data_dir):
+        pytest.skip(f"{name} not in {data_dir}")
+    ds = load_dataset(name, root=data_dir, limit=12)
+    assert len(ds.records) + len(ds.failures) == 12
+    assert len(ds.records) >= 10, ds.failures
+    for rec in ds.records:
+        assert set(rec.labels) <= set(spec.targets)
+        for t, v in rec.labels.items():
+            if t in TARGET_SHAPES:
+                want = TARGET_SHAPES[t]
+                assert np.asarray(v).shape[1:] == want[1:] if want[0] == -1 else np.asarray(v).shape == want
+                assert np.all(np.isfinite(v))
+            else:
+                assert np.isfinite(v)
+
+
+def test_missing_file_message(tmp_path):
+    with pytest.raises(DataMissingError) as exc:
+        load_dataset("flla-2015", root=tmp_path)
+    msg = str(exc.value)
+    assert "matminer_v0.4.1/flla_2015.csv.gz" in msg and "MATXFER_DATA_DIR" in msg
+
+
+def _write_extxyz(path, frames):
+    lines = []
+    for species, pos, cell, eps, becs in frames:
+        lat = " ".join(f"{x:.6f}" for x in np.asarray(cell).ravel())
+        e = " ".join(f"{x:.6f}" for x in np.asarray(eps).ravel())
+        lines.append(str(len(species)))
+        lines.append(f'Lattice="{lat}" Properties=species:S:1:pos:R:3:becs:R:9 eps="{e}" pbc="T T T"')
+        for s, p, b in zip(species, pos, becs):
+            lines.append(" ".join([s, *(f"{x:.6f}" for x in p), *(f"{x:.6f}" for x in np.ravel(b))]))
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def test_petretto_parser_on_written_file(tmp_path):
+    d = tmp_path / "petretto_phonon_becs_eps"
+    d.mkdir()
+    cell = np.eye(3) * 5.64
+    z_na = np.eye(3) * 1.1
+    frames = [
+        (["Na", "Cl"], [[0, 0, 0], [2.82, 2.82, 2.82]], cell, np.eye(3) * 2.4, [z_na, -z_na]),
+        (["Na", "Cl"], [[0, 0, 0], [2.82, 2.82, 2.82]], cell, np.eye(3) * 2.5, [z_na, -z_na]),
+        # third frame: eps with NaN -> skipped and reported, not fatal
+        (["Na", "Cl"], [[0, 0, 0], [2.82, 2.82, 2.82]], cell, np.full((3, 3), np.nan), [z_na, -z_na]),
+    ]
+    _write_extxyz(d / "phonon_becs_epsilon.xyz.gz", frames)
+    ds = load_dataset("petretto-dielectric", root=tmp_path)
+    assert ds.ids == ["petretto-00000", "petretto-00001"]
+    assert ds.failures[0][0] == "petretto-00002" and "NaN" in ds.failures[0][1]
+    rec = ds.records[1]
+    np.testing.assert_allclose(rec.labels[K.DIELECTRIC_ELECTRONIC], np.eye(3) * 2.5)
+    np.testing.assert_allclose(rec.labels[K.BORN_CHARGES][1], -z_na)
+
+
+def test_bad_entries_are_skipped_not_fatal(tmp_path, si):
+    """A split-JSON file in the Petousis layout with one good and three bad rows."""
+    cols = ["material_id", "structure", "e_total", "e_electronic", "band_gap", "n"]
+    good = ["mp-1", si.as_dict(), str(np.eye(3).tolist()), str(np.eye(3).tolist()), 1.0, 1.0]
+    bad_struct = ["mp-2", {"lattice": "garbage"}, good[2], good[3], 1.0, 1.0]
+    bad_shape = ["mp-3", si.as_dict(), str([[1, 0], [0, 1]]), good[3], 1.0, 1.0]
+    asym = ["mp-4", si.as_dict(), str([[1, 0.5, 0], [0, 1, 0], [0, 0, 1]]), good[3], 1.0, 1.0]
+    d = tmp_path / "matminer_figshare"
+    d.mkdir()
+    blob = {"columns": cols, "index": [0, 1, 2, 3], "data": [good, bad_struct, bad_shape, asym]}
+    with gzip.open(d / "dielectric_constant.json.gz", "wt") as fh:
+        json.dump(blob, fh)
+    ds = load_dataset("petousis-dielectric-2017", root=tmp_path)
+    assert ds.ids == ["mp-1"]
+    reasons = dict(ds.failures)
+    assert set(reasons) == {"mp-2", "mp-3", "mp-4"}
+    assert "shape" in reasons["mp-3"] and "symmetry" in reasons["mp-4"]
+
+
+def test_ieee_frame_pairs_piezo_with_structure(data_dir):
+    """IEEE-frame piezo tensors agree with the point group of the rotated structure."""
+    from matxfer.tensors import point_group_rotations, symmetry_error
+
+    if not get_spec("dejong-piezo-2015").available(data_dir):
+        pytest.skip("piezo set absent")
+    ds = load_dataset("dejong-piezo-2015", root=data_dir, limit=40)
+    errs = [
+        symmetry_error(r.labels[K.PIEZO_TENSOR], point_group_rotations(r.structure))
+        for r in ds.records
+        if np.abs(r.labels[K.PIEZO_TENSOR]).max() > 1e-3
+    ]
+    assert np.mean(np.array(errs) < 0.05) > 0.7
