@@ -1,0 +1,73 @@
+"""Tasks: what one head learns (target key, kind, formula, units, loss, weight)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from matxfer.data.records import TARGET_FORMULAS, TARGET_SHAPES, TARGET_UNITS
+
+SCALAR = "scalar"
+TENSOR = "tensor"
+ATOM_TENSOR = "atom_tensor"
+LOSSES = ("mse", "l1", "huber")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction target.
+
+    Attributes:
+        name: the label key (e.g. ``elastic_tensor``, ``band_gap``).
+        kind: ``scalar``, ``tensor`` (one Cartesian tensor per crystal) or ``atom_tensor``.
+        formula: index symmetry of a tensor (``ij=ji``, ``ijk=ikj``, ``ijkl=jikl=klij``, ``ij``).
+        units: physical units of the label.
+        weight: weight of this task in the summed loss.
+        loss: ``mse``, ``l1`` or ``huber`` (in normalised units; tensors in irreps space).
+    """
+
+    name: str
+    kind: str
+    formula: str | None = None
+    units: str = ""
+    weight: float = 1.0
+    loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"task {self.name!r}: unknown loss {self.loss!r}; valid: {LOSSES}")
+        if self.weight < 0:
+            raise ValueError(f"task {self.name!r}: weight must be >= 0, got {self.weight}")
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.formula is None else len(self.formula.split("=")[0])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Task:
+        return cls(**d)
+
+
+def make_task(target: str, weight: float = 1.0, loss: str = "mse", units: str | None = None) -> Task:
+    """The task for a label key, with kind/formula/units from the label tables."""
+    formula = TARGET_FORMULAS.get(target)
+    if formula is None:
+        kind = SCALAR
+    elif TARGET_SHAPES.get(target, (0,))[0] == -1:
+        kind = ATOM_TENSOR
+    else:
+        kind = TENSOR
+    return Task(target, kind, formula, units or TARGET_UNITS.get(target, ""), weight, loss)
+
+
+def default_head(task: Task, backbone_is_equivariant: bool) -> dict:
+    """Head config for a task when the run config names none."""
+    if task.kind == SCALAR:
+        return {"name": "scalar"}
+    if task.kind == ATOM_TENSOR:
+        return {"name": "born"} if backbone_is_equivariant else {"name": "edge-atom-tensor"}
+    if backbone_is_equivariant:
+        return {"name": "tensor", "formula": task.formula}
+    return {"name": "edge-tensor", "formula": task.formula}

@@ -1,0 +1,407 @@
+"""Training with Lightning: masked multi-task loss, AdamW, schedule, early stopping.
+
+:func:`fit` is what ``matxfer train`` and ``matxfer finetune`` run. It writes into the run
+directory: ``best.ckpt`` (matxfer format, updated whenever validation improves, so an
+interrupted run keeps its best model), ``model.ckpt`` (the final best model with test
+metrics), ``metrics.json``, ``split.json``, ``config.yaml``, Lightning's CSV logs and
+``train.log``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from matxfer import keys as K
+from matxfer.config import RunConfig, to_dict
+from matxfer.tasks import ATOM_TENSOR, SCALAR, Task, make_task
+from matxfer.train.data import label_key, mask_key
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# loss
+# ----------------------------------------------------------------------------------------
+
+
+def _elementwise(loss: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if loss == "mse":
+        return (pred - target) ** 2
+    if loss == "l1":
+        return (pred - target).abs()
+    return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=1.0)
+
+
+def normalized_target(model, task: Task, y: torch.Tensor) -> torch.Tensor:
+    """Label in the normalised space the head predicts in (irreps for tensors)."""
+    norm = model.normalizers[task.name]
+    if task.kind == SCALAR:
+        return norm.normalize(y)
+    return norm.normalize(norm.from_cartesian(y))
+
+
+def task_losses(model, tasks: dict[str, Task], out: dict, batch) -> dict[str, torch.Tensor]:
+    """Per-task mean loss over the entries that carry the label (absent labels add nothing).
+
+    Returns:
+        task -> scalar loss; tasks without any label in the batch are left out.
+    """
+    losses = {}
+    for name, task in tasks.items():
+        mask = batch[mask_key(name)].bool()
+        if not bool(mask.any()):
+            continue
+        y = batch[label_key(name)][mask]
+        pred = out[name][mask]
+        target = normalized_target(model, task, y)
+        per_entry = _elementwise(task.loss, pred, target.to(pred.dtype))
+        if per_entry.ndim > 1:
+            per_entry = per_entry.reshape(per_entry.shape[0], -1).mean(dim=1)
+        losses[name] = per_entry.mean()
+    return losses
+
+
+def total_loss(tasks: dict[str, Task], losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    tot = None
+    for name, l in losses.items():
+        term = tasks[name].weight * l
+        tot = term if tot is None else tot + term
+    if tot is None:
+        raise ValueError("a batch without any label for any task")
+    return tot
+
+
+# ----------------------------------------------------------------------------------------
+# Lightning module
+# ----------------------------------------------------------------------------------------
+
+
+def _lit_module_class():
+    import lightning as L
+
+    from matxfer.transfer import param_groups, set_frozen_eval
+
+    class LitModel(L.LightningModule):
+        def __init__(self, model, tasks: dict[str, Task], optim_cfg, steps_per_epoch: int):
+            super().__init__()
+            self.model = model
+            self.tasks = tasks
+            self.optim_cfg = optim_cfg
+            self.steps_per_epoch = max(1, steps_per_epoch)
+            self._val: list[tuple[float, int]] = []
+
+        def forward(self, batch):
+            return self.model(batch)
+
+        def on_train_epoch_start(self):
+            set_frozen_eval(self.model)
+
+        def _step(self, batch):
+            out = self.model(batch)
+            losses = task_losses(self.model, self.tasks, out, batch)
+            return total_loss(self.tasks, losses), losses
+
+        def training_step(self, batch, batch_idx):
+            loss, losses = self._step(batch)
+            bs = int(batch.num_graphs)
+            self.log("train_loss", loss, batch_size=bs, on_step=False, on_epoch=True, prog_bar=True)
+            for name, l in losses.items():
+                self.log(f"train_loss/{name}", l, batch_size=bs, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            loss, losses = self._step(batch)
+            bs = int(batch.num_graphs)
+            self.log("val_loss", loss, batch_size=bs, on_step=False, on_epoch=True, prog_bar=True)
+            for name, l in losses.items():
+                self.log(f"val_loss/{name}", l, batch_size=bs, on_step=False, on_epoch=True)
+
+        def configure_optimizers(self):
+            oc = self.optim_cfg
+            groups = param_groups(self.model, oc.lr, oc.lr_mult, oc.layer_decay, oc.weight_decay)
+            if not groups:
+                raise ValueError("no trainable parameters (everything is frozen)")
+            opt = torch.optim.AdamW(groups, lr=oc.lr)
+            if oc.scheduler == "cosine":
+                total = oc.epochs * self.steps_per_epoch
+                warm = min(oc.warmup_epochs * self.steps_per_epoch, max(total - 1, 0))
+
+                def lr_lambda(step):
+                    if step < warm:
+                        return (step + 1) / (warm + 1)
+                    prog = (step - warm) / max(1, total - warm)
+                    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
+
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            if oc.scheduler == "plateau":
+                sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=max(2, oc.patience // 3))
+                return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+            if oc.scheduler == "none":
+                return opt
+            raise ValueError(f"unknown scheduler {oc.scheduler!r}; valid: cosine, plateau, none")
+
+    return LitModel
+
+
+def _best_tracker_class():
+    import lightning as L
+
+    class BestTracker(L.Callback):
+        """Keeps the best-validation weights in memory and writes ``best.ckpt`` each time."""
+
+        def __init__(self, on_improve):
+            self.best = math.inf
+            self.best_epoch = -1
+            self.best_state = None
+            self.on_improve = on_improve
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if trainer.sanity_checking:
+                return
+            val = trainer.callback_metrics.get("val_loss")
+            if val is None:
+                return
+            val = float(val)
+            if val < self.best:
+                self.best = val
+                self.best_epoch = trainer.current_epoch
+                self.best_state = copy.deepcopy(pl_module.model.state_dict())
+                self.on_improve(pl_module.model, val, trainer.current_epoch)
+
+    return BestTracker
+
+
+# ----------------------------------------------------------------------------------------
+# prediction and evaluation
+# ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_graphs(model, graphs, batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+    """Physical-unit predictions for each graph (per-atom tensors split per graph)."""
+    from torch_geometric.loader import DataLoader
+
+    model.eval()
+    results: list[dict[str, np.ndarray]] = []
+    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
+        pred = model.predict(batch)
+        counts = torch.bincount(batch[K.BATCH], minlength=batch.num_graphs).tolist()
+        per_graph = [dict() for _ in range(batch.num_graphs)]
+        for name, val in pred.items():
+            val = val.detach().cpu().double().numpy()
+            if val.shape[0] == batch.num_graphs:
+                for i in range(batch.num_graphs):
+                    per_graph[i][name] = val[i]
+            else:  # per atom
+                start = 0
+                for i, c in enumerate(counts):
+                    per_graph[i][name] = val[start : start + c]
+                    start += c
+        results.extend(per_graph)
+    return results
+
+
+def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64) -> tuple[dict, dict]:
+    """Metrics per task on labelled graphs; also returns (pred, true, ids) per task."""
+    from matxfer.metrics import scalar_metrics, tensor_metrics
+
+    preds = predict_graphs(model, graphs, batch_size)
+    metrics: dict[str, dict] = {}
+    pairs: dict[str, dict] = {}
+    for name, task in tasks.items():
+        p, t, ids = [], [], []
+        for g, pr in zip(graphs, preds):
+            mask = g[mask_key(name)]
+            if not bool(mask.any()):
+                continue
+            y = g[label_key(name)].double().numpy()
+            if task.kind == ATOM_TENSOR:
+                p.append(pr[name])
+                t.append(y)
+            else:
+                p.append(np.asarray(pr[name]).reshape(y.shape[1:]) if y.ndim > 1 else float(np.ravel(pr[name])[0]))
+                t.append(y[0] if y.ndim > 1 else float(y[0]))
+            ids.append(g.material_id)
+        if task.kind == SCALAR:
+            metrics[name] = scalar_metrics(np.array(p), np.array(t))
+        elif task.kind == ATOM_TENSOR:
+            pa = np.concatenate(p) if p else np.zeros((0, 3, 3))
+            ta = np.concatenate(t) if t else np.zeros((0, 3, 3))
+            metrics[name] = {**tensor_metrics(pa, ta, "ij"), "n_structures": len(p)}
+        else:
+            metrics[name] = tensor_metrics(np.array(p), np.array(t), task.formula)
+        pairs[name] = {"pred": p, "true": t, "ids": ids}
+    return metrics, pairs
+
+
+# ----------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+    wall_time_s: float
+    trainable_params: int
+    best_epoch: int
+
+
+def build_tasks(cfg: RunConfig) -> dict[str, Task]:
+    if not cfg.data.targets:
+        raise ValueError("data.targets is empty: name at least one label to learn")
+    unknown = set(cfg.tasks) - set(cfg.data.targets)
+    if unknown:
+        raise ValueError(f"tasks {sorted(unknown)} are not in data.targets {cfg.data.targets}")
+    tasks = {}
+    for t in cfg.data.targets:
+        tc = cfg.tasks.get(t)
+        tasks[t] = make_task(t, weight=tc.weight if tc else 1.0, loss=tc.loss if tc else "mse")
+    return tasks
+
+
+def _setup_logging(out: Path) -> logging.Handler:
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("matxfer")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def fit(cfg: RunConfig, command: str = "train") -> FitResult:
+    """Train (or fine-tune) as configured and write the run directory."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+    from torch_geometric.loader import DataLoader
+
+    from matxfer.checkpoint import build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
+    from matxfer.train.data import prepare_data
+    from matxfer.train.setup import build_run_model, fit_normalizers
+    from matxfer.transfer import trainable_parameters
+
+    out = Path(cfg.out or f"runs/{cfg.name}")
+    handler = _setup_logging(out)
+    t0 = time.time()
+    try:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        tasks = build_tasks(cfg)
+        parent = load_checkpoint(cfg.transfer.init_from) if cfg.transfer.init_from else None
+        model, settings, featurizer, atom_state, provenance = build_run_model(cfg, tasks, parent)
+        data = prepare_data(cfg.data, tasks, settings, featurizer)
+        if not data.split.train or not data.split.val:
+            raise ValueError(
+                f"need non-empty train and validation sets, got {len(data.split.train)} / "
+                f"{len(data.split.val)} entries"
+            )
+        fit_normalizers(model, tasks, data.train_records(), keep=provenance.get("kept_heads", []))
+        if parent is not None:
+            provenance["parent"] = str(cfg.transfer.init_from)
+            provenance["parent_sha256"] = file_sha256(cfg.transfer.init_from)
+        provenance.update(
+            {
+                "data_fingerprint": data.fingerprint,
+                "datasets": list(cfg.data.datasets),
+                "dropped": data.dropped,
+                "command": command,
+                "seed": cfg.seed,
+            }
+        )
+        log.info(
+            "%s: %d train / %d val / %d test; dropped %s",
+            cfg.name,
+            len(data.split.train),
+            len(data.split.val),
+            len(data.split.test),
+            {k: v for k, v in data.dropped.items() if v},
+        )
+        data.split.save(out / "split.json")
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        bs = cfg.optim.batch_size
+        train_loader = DataLoader(
+            data.subset(data.split.train), batch_size=bs, shuffle=True, generator=gen,
+            num_workers=cfg.trainer.num_workers,
+        )
+        val_loader = DataLoader(data.subset(data.split.val), batch_size=bs, num_workers=cfg.trainer.num_workers)
+        LitModel = _lit_module_class()
+        lit = LitModel(model, tasks, cfg.optim, len(train_loader))
+
+        def ckpt_of(m, metrics=None):
+            return build_checkpoint(
+                m, tasks, settings.to_dict(), atom_state, data.split.to_dict(), provenance,
+                metrics, to_dict(cfg),
+            )
+
+        def on_improve(m, val, epoch):
+            save_checkpoint(ckpt_of(m, {"val_loss": val, "epoch": epoch}), out / "best.ckpt")
+
+        tracker = _best_tracker_class()(on_improve)
+        callbacks = [tracker]
+        if cfg.optim.patience > 0:
+            callbacks.append(EarlyStopping("val_loss", patience=cfg.optim.patience, mode="min"))
+        if cfg.trainer.progress:
+            callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 10)))
+        max_time = None
+        if cfg.optim.max_time_min:
+            max_time = {"minutes": float(cfg.optim.max_time_min)}
+        trainer = L.Trainer(
+            max_epochs=cfg.optim.epochs,
+            max_time=max_time,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            num_nodes=cfg.trainer.num_nodes,
+            strategy=cfg.trainer.strategy,
+            precision=cfg.trainer.precision,
+            deterministic=cfg.trainer.deterministic,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            callbacks=callbacks,
+            logger=CSVLogger(str(out), name="logs", version=""),
+            enable_checkpointing=False,
+            enable_progress_bar=cfg.trainer.progress,
+            enable_model_summary=False,
+            log_every_n_steps=max(1, min(50, len(train_loader))),
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(lit, train_loader, val_loader)
+        if tracker.best_state is not None:
+            model.load_state_dict(tracker.best_state)
+        model.eval()
+        metrics = {}
+        for split_name in ("val", "test"):
+            ids = getattr(data.split, split_name)
+            if ids:
+                m, _ = evaluate_graphs(model, tasks, data.subset(ids), batch_size=max(bs, 64))
+                metrics[split_name] = m
+        wall = time.time() - t0
+        metrics["best_epoch"] = tracker.best_epoch
+        metrics["epochs_run"] = trainer.current_epoch
+        metrics["wall_time_s"] = wall
+        n_train = trainable_parameters(model)
+        metrics["trainable_params"] = n_train
+        ck = save_checkpoint(ckpt_of(model, metrics), out / "model.ckpt")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        log.info("%s: done in %.1f s; test metrics %s", cfg.name, wall, metrics.get("test"))
+        return FitResult(out, ck, metrics, wall, n_train, tracker.best_epoch)
+    finally:
+        logging.getLogger("matxfer").removeHandler(handler)
+        handler.close()

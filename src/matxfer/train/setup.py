@@ -1,0 +1,155 @@
+"""Model, graph settings and atom features for a run, from its config or a parent checkpoint.
+
+A fine-tune inherits the parent's backbone architecture, graph settings and atom-feature
+table; a config that asks for different ones is an error (so preprocessing always matches
+the pretrained weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from matxfer.config import RunConfig
+from matxfer.data.graphs import GraphSettings
+from matxfer.tasks import ATOM_TENSOR, SCALAR, Task, default_head
+
+log = logging.getLogger(__name__)
+
+
+def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> GraphSettings:
+    """Graph settings: parent checkpoint's, else backbone defaults with config overrides."""
+    user = {
+        k: v
+        for k, v in {
+            "cutoff": cfg.graph.cutoff,
+            "max_neighbors": cfg.graph.max_neighbors,
+            "line_graph": cfg.graph.line_graph,
+            "atom_features": cfg.graph.atom_features,
+        }.items()
+        if v is not None
+    }
+    if parent is not None:
+        base = dict(parent["graph"])
+        for k, v in user.items():
+            pv = base.get(k)
+            if k == "atom_features" and isinstance(pv, str) and pv.startswith(str(v)):
+                continue  # "table" matches "table:<sha>"
+            if pv != v:
+                raise ValueError(
+                    f"graph.{k}={v!r} differs from the pretrained checkpoint's {pv!r}; a "
+                    "fine-tune must build graphs exactly as the backbone was trained"
+                )
+        return GraphSettings.from_dict(base)
+    base = dict(getattr(backbone_cls, "graph_defaults", {}))
+    base.update(user)
+    base["fallback_k"] = cfg.graph.fallback_k
+    if base.get("atom_features") == "table":
+        if not cfg.graph.atom_table:
+            raise ValueError("graph.atom_features=table needs graph.atom_table (an atom_init.json)")
+    known = GraphSettings.__dataclass_fields__
+    return GraphSettings(**{k: v for k, v in base.items() if k in known})
+
+
+def featurizer_for(cfg: RunConfig, settings: GraphSettings, parent: dict | None):
+    """(featurizer or None, its plain state, final settings with the table hash)."""
+    from matxfer.data.atom_features import AtomFeaturizer
+
+    spec = settings.atom_features
+    if spec == "none":
+        return None, None, settings
+    if parent is not None and parent.get("atom_features") is not None:
+        feat = AtomFeaturizer.from_state(parent["atom_features"])
+        return feat, parent["atom_features"], settings
+    if spec == "table":
+        feat = AtomFeaturizer.from_spec("table", table_path=cfg.graph.atom_table)
+    else:
+        feat = AtomFeaturizer.from_spec(spec)
+    state = feat.to_state()
+    final = GraphSettings(**{**settings.to_dict(), "atom_features": feat.spec})
+    return feat, state, final
+
+
+def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None):
+    """Build the model of a run; load and freeze pretrained parts for a fine-tune.
+
+    Returns:
+        (model, graph settings, featurizer, atom-feature state, provenance dict)
+    """
+    from matxfer.models.registry import BACKBONES, build_model
+    from matxfer.transfer import apply_recipe, load_backbone_into, load_heads_into, parse_recipe
+
+    provenance: dict[str, Any] = {}
+    user_bb = dict(cfg.model.get("backbone") or {})
+    if parent is not None:
+        bb_cfg = dict(parent["model_config"]["backbone"])
+        for k, v in user_bb.items():
+            if bb_cfg.get(k) != v:
+                raise ValueError(
+                    f"model.backbone.{k}={v!r} differs from the pretrained checkpoint's "
+                    f"{bb_cfg.get(k)!r}; leave model.backbone out of a fine-tune config"
+                )
+    else:
+        if "name" not in user_bb:
+            raise ValueError("model.backbone.name is required (or transfer.init_from a checkpoint)")
+        bb_cfg = user_bb
+    name = bb_cfg["name"]
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
+    backbone_cls = BACKBONES[name]
+    settings = graph_settings_for(cfg, backbone_cls, parent)
+    featurizer, atom_state, settings = featurizer_for(cfg, settings, parent)
+    if featurizer is not None and "atom_feature_dim" not in bb_cfg:
+        bb_cfg = {**bb_cfg, "atom_feature_dim": int(featurizer.dim)}
+
+    keep = list(cfg.transfer.keep_heads)
+    user_heads = dict(cfg.model.get("heads") or {})
+    unknown = set(user_heads) - set(tasks)
+    if unknown:
+        raise ValueError(f"model.heads names {sorted(unknown)} that are not tasks {sorted(tasks)}")
+    equivariant = bool(getattr(backbone_cls, "equivariant", False))
+    heads = {}
+    for t, task in tasks.items():
+        if t in keep:
+            if parent is None or t not in parent["model_config"]["heads"]:
+                raise ValueError(f"transfer.keep_heads: the checkpoint has no head {t!r}")
+            heads[t] = dict(parent["model_config"]["heads"][t])
+        else:
+            heads[t] = user_heads.get(t) or default_head(task, equivariant)
+    model = build_model({"backbone": bb_cfg, "heads": heads}, tasks)
+
+    if parent is not None:
+        kind, _ = parse_recipe(cfg.transfer.recipe)
+        provenance["recipe"] = cfg.transfer.recipe
+        if kind != "scratch":
+            load_backbone_into(model, parent)
+            provenance["kept_heads"] = load_heads_into(model, parent, keep)
+            provenance["swapped_heads"] = [t for t in tasks if t not in keep]
+            info = apply_recipe(model, cfg.transfer.recipe, cfg.transfer.reinit_after_frozen)
+            provenance["frozen"] = info["frozen"]
+            provenance["reinitialised"] = info["reinitialised"]
+    else:
+        provenance["recipe"] = "scratch"
+    return model, settings, featurizer, atom_state, provenance
+
+
+def fit_normalizers(model, tasks: dict[str, Task], records, keep: list[str] | tuple = ()) -> None:
+    """Fit each task's normaliser on the training labels (kept pretrained heads keep theirs)."""
+    import torch
+
+    for name, task in tasks.items():
+        if name in keep:
+            continue
+        vals = [r.labels[name] for r in records if name in r.labels]
+        if not vals:
+            raise ValueError(f"no training labels for task {name!r}")
+        norm = model.normalizers[name]
+        if task.kind == SCALAR:
+            norm.fit(torch.tensor(np.asarray(vals, dtype=float), dtype=torch.get_default_dtype()))
+        elif task.kind == ATOM_TENSOR:
+            arr = np.concatenate([np.asarray(v, dtype=float) for v in vals])
+            norm.fit(torch.tensor(arr, dtype=torch.get_default_dtype()))
+        else:
+            norm.fit(torch.tensor(np.stack(vals), dtype=torch.get_default_dtype()))
