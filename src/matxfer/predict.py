@@ -1,0 +1,206 @@
+"""Predict with a checkpoint on user structures (CIF, POSCAR, pymatgen JSON, extended XYZ).
+
+For every structure and task: the Cartesian tensor, its Voigt form and derived quantities
+(elastic: K_VRH, G_VRH, mechanical stability; dielectric: mean eigenvalue; piezo: eij_max),
+or the scalar value. Unreadable inputs are reported with the file and the reason; one bad
+file never stops the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from matxfer.data.records import RecordError, check_structure
+from matxfer.tasks import ATOM_TENSOR, SCALAR, Task
+
+log = logging.getLogger(__name__)
+
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".json", ".xyz", ".extxyz", ".poscar")
+
+
+def _is_structure_file(p: Path) -> bool:
+    name = p.name.lower()
+    return (
+        name.endswith(STRUCTURE_SUFFIXES)
+        or name.startswith(("poscar", "contcar"))
+        or name.endswith(tuple(s + ".gz" for s in STRUCTURE_SUFFIXES))
+    )
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, and structure files inside folders (sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and _is_structure_file(f)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    return out
+
+
+def read_structures(path: Path) -> list[tuple[str, Structure]]:
+    """All structures in one file as (name, structure); extended XYZ may hold several."""
+    name = path.name.lower()
+    if name.endswith((".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")):
+        from ase.io import read
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        frames = read(str(path), index=":")
+        if not frames:
+            raise ValueError("no frames in the file")
+        if len(frames) == 1:
+            return [(path.stem, AseAtomsAdaptor.get_structure(frames[0]))]
+        return [(f"{path.stem}[{i}]", AseAtomsAdaptor.get_structure(a)) for i, a in enumerate(frames)]
+    if name.endswith(".json"):
+        blob = json.loads(path.read_text())
+        return [(path.stem, Structure.from_dict(blob))]
+    return [(path.stem, Structure.from_file(str(path)))]
+
+
+@dataclass
+class Predictor:
+    """A loaded checkpoint ready to predict on pymatgen structures."""
+
+    model: Any
+    tasks: dict[str, Task]
+    settings: Any
+    featurizer: Any = None
+    ckpt: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> Predictor:
+        from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
+        from matxfer.data.atom_features import AtomFeaturizer
+        from matxfer.data.graphs import GraphSettings
+
+        ckpt = load_checkpoint(path)
+        model, tasks = model_from_checkpoint(ckpt)
+        settings = GraphSettings.from_dict(ckpt["graph"])
+        feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
+        return cls(model, tasks, settings, feat, ckpt)
+
+    def graph(self, structure: Structure, name: str = ""):
+        from matxfer.data.graphs import structure_to_graph
+
+        check_structure(name or structure.composition.reduced_formula, structure)
+        kwargs = {}
+        if self.featurizer is not None:
+            kwargs["featurizer"] = self.featurizer
+        return structure_to_graph(structure, self.settings, material_id=name, **kwargs)
+
+    def predict_structures(
+        self, structures: list[Structure], names: list[str] | None = None, batch_size: int = 32
+    ) -> list[dict[str, Any]]:
+        """Predictions with derived quantities for each structure (same order)."""
+        from matxfer.train.loop import predict_graphs
+
+        names = names or [s.composition.reduced_formula for s in structures]
+        graphs = [self.graph(s, n) for s, n in zip(structures, names)]
+        raw = predict_graphs(self.model, graphs, batch_size)
+        return [
+            {"name": n, "formula": s.composition.reduced_formula, **self.describe(r)}
+            for n, s, r in zip(names, structures, raw)
+        ]
+
+    def describe(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
+        from matxfer.tensors import (
+            cartesian_to_voigt,
+            eij_max,
+            elastic_moduli,
+            is_positive_definite,
+            mean_eigenvalue,
+        )
+
+        out: dict[str, Any] = {}
+        for name, task in self.tasks.items():
+            val = np.asarray(raw[name], dtype=float)
+            if task.kind == SCALAR:
+                out[name] = float(val.ravel()[0])
+                continue
+            if task.kind == ATOM_TENSOR:
+                out[name] = val.tolist()
+                continue
+            entry: dict[str, Any] = {"cartesian": val.tolist(), "units": task.units}
+            entry["voigt"] = cartesian_to_voigt(val).tolist()
+            if task.formula == "ijkl=jikl=klij":
+                m = elastic_moduli(val)
+                entry["k_vrh"] = float(m["k_vrh"])
+                entry["g_vrh"] = float(m["g_vrh"])
+                entry["mechanically_stable"] = bool(is_positive_definite(val))
+            elif task.formula == "ij=ji":
+                entry["mean_eigenvalue"] = float(mean_eigenvalue(val))
+            elif task.formula == "ijk=ikj":
+                entry["eij_max"] = float(eij_max(val))
+            out[name] = entry
+        return out
+
+
+def predict_files(ckpt: str | Path, inputs: list[str | Path]) -> tuple[list[dict], list[dict]]:
+    """Predict on files/folders; returns (results, errors) where errors name file and reason."""
+    pred = Predictor.from_checkpoint(ckpt)
+    files = expand_inputs(inputs)
+    if not files:
+        raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")
+    structures, names, errors = [], [], []
+    for f in files:
+        try:
+            for name, s in read_structures(f):
+                check_structure(str(f), s)
+                structures.append(s)
+                names.append(name if name != f.stem else str(f))
+        except RecordError as exc:
+            errors.append({"input": str(f), "error": exc.reason})
+        except Exception as exc:
+            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+    results = []
+    for s, n in zip(structures, names):
+        try:
+            results.extend(pred.predict_structures([s], [n]))
+        except Exception as exc:  # one bad crystal never kills the run
+            errors.append({"input": n, "error": f"prediction failed: {exc}"})
+    return results, errors
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def write_predictions(results: list[dict], errors: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps({"predictions": results, "errors": errors}, indent=1))
+    elif path.suffix == ".csv":
+        rows = [_flatten(r) for r in results]
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(c for c in r if c not in cols)
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        if errors:
+            path.with_suffix(".errors.json").write_text(json.dumps(errors, indent=1))
+    else:
+        raise ValueError(f"--out must end in .json or .csv, got {path.name}")
+    return path
