@@ -261,6 +261,19 @@ class FitResult:
     best_epoch: int
 
 
+def _write_predictions(path: Path, pairs: dict) -> None:
+    """Test-set predictions and labels (physical units) for parity plots."""
+    blob = {
+        name: {
+            "ids": d["ids"],
+            "pred": [np.asarray(x).tolist() for x in d["pred"]],
+            "true": [np.asarray(x).tolist() for x in d["true"]],
+        }
+        for name, d in pairs.items()
+    }
+    path.write_text(json.dumps(blob))
+
+
 def build_tasks(cfg: RunConfig) -> dict[str, Task]:
     if not cfg.data.targets:
         raise ValueError("data.targets is empty: name at least one label to learn")
@@ -390,8 +403,10 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         for split_name in ("val", "test"):
             ids = getattr(data.split, split_name)
             if ids:
-                m, _ = evaluate_graphs(model, tasks, data.subset(ids), batch_size=max(bs, 64))
+                m, pairs = evaluate_graphs(model, tasks, data.subset(ids), batch_size=max(bs, 64))
                 metrics[split_name] = m
+                if split_name == "test":
+                    _write_predictions(out / "test_predictions.json", pairs)
         wall = time.time() - t0
         metrics["best_epoch"] = tracker.best_epoch
         metrics["epochs_run"] = trainer.current_epoch

@@ -1,0 +1,1 @@
+"""Studies: recipes x training sizes x seeds against scratch, with reports."""

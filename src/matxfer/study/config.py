@@ -1,0 +1,145 @@
+"""Study configuration: pretraining runs, targets, recipes, sizes and seeds."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from matxfer.config import apply_overrides
+
+
+@dataclass
+class PretrainSpec:
+    """One pretraining run, shared by every cell that uses it.
+
+    ``config`` is a run config (dict, merged over the study's ``base``); ``checkpoint``
+    instead names an existing checkpoint (e.g. an imported one) and trains nothing.
+    """
+
+    name: str
+    config: dict[str, Any] | None = None
+    checkpoint: str | None = None
+
+
+@dataclass
+class TargetSpec:
+    """One fine-tuning target.
+
+    Attributes:
+        name: label of the target in tables.
+        data: run-config ``data`` section (datasets, targets, exclude_ids_from...).
+        sizes: training-set sizes ("all" for every available entry).
+        test_fraction / val_fraction: fixed held-out fractions (same for every cell).
+        test_size / val_size: absolute sizes instead of fractions.
+        split_seed: seed of the fixed test/val split.
+    """
+
+    name: str
+    data: dict[str, Any]
+    sizes: list[Any]
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+    test_size: int | None = None
+    val_size: int | None = None
+    split_seed: int = 0
+
+
+@dataclass
+class RecipeSpec:
+    """A transfer recipe: ``kind`` in scratch | head | full | freeze:K, from a pretraining run.
+
+    ``overrides`` are run-config dotted overrides for this recipe only
+    (e.g. ``optim.lr_mult.backbone=0.1``).
+    """
+
+    name: str
+    kind: str = "scratch"
+    pretrained: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    keep_heads: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    base: dict[str, Any]
+    pretrain: list[PretrainSpec]
+    targets: list[TargetSpec]
+    recipes: list[RecipeSpec]
+    seeds: list[int]
+    scratch_pretrained: str | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+_STUDY_KEYS = {"name", "base", "pretrain", "targets", "recipes", "seeds", "scratch_pretrained",
+               "reference", "notes"}
+
+
+def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+    unknown = set(d) - allowed
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; valid: {sorted(allowed)}")
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = apply_overrides(raw, overrides or [])
+    return study_from_dict(raw)
+
+
+def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
+    raw = copy.deepcopy(raw)
+    _check_keys(raw, _STUDY_KEYS, "study")
+    pre = []
+    for name, spec in (raw.get("pretrain") or {}).items():
+        spec = spec or {}
+        _check_keys(spec, {"config", "checkpoint"}, f"pretrain.{name}")
+        if bool(spec.get("config")) == bool(spec.get("checkpoint")):
+            raise ValueError(f"pretrain.{name}: give exactly one of 'config' or 'checkpoint'")
+        pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint")))
+    targets = []
+    tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed"}
+    for name, spec in (raw.get("targets") or {}).items():
+        _check_keys(spec, tkeys, f"targets.{name}")
+        if "data" not in spec or "sizes" not in spec:
+            raise ValueError(f"targets.{name}: needs 'data' and 'sizes'")
+        targets.append(TargetSpec(name=name, **spec))
+    recipes = []
+    names = {p.name for p in pre}
+    for item in raw.get("recipes") or []:
+        if isinstance(item, str):
+            item = {"name": item, "kind": item}
+        _check_keys(item, {"name", "kind", "pretrained", "overrides", "keep_heads"}, "recipes[]")
+        r = RecipeSpec(**item)
+        if r.kind != "scratch" and r.pretrained is None:
+            raise ValueError(f"recipe {r.name!r} ({r.kind}) needs 'pretrained: <pretrain run>'")
+        if r.pretrained is not None and r.pretrained not in names:
+            raise ValueError(f"recipe {r.name!r}: unknown pretraining run {r.pretrained!r}")
+        recipes.append(r)
+    if not any(r.kind == "scratch" for r in recipes):
+        recipes.insert(0, RecipeSpec("scratch", "scratch"))
+    if len({r.name for r in recipes}) != len(recipes):
+        raise ValueError("recipe names must be unique")
+    seeds = raw.get("seeds", 5)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    scratch_pre = raw.get("scratch_pretrained")
+    if scratch_pre is not None and scratch_pre not in names:
+        raise ValueError(f"scratch_pretrained: unknown pretraining run {scratch_pre!r}")
+    if not targets:
+        raise ValueError("a study needs at least one target")
+    return StudyConfig(
+        name=raw.get("name", "study"),
+        base=raw.get("base") or {},
+        pretrain=pre,
+        targets=targets,
+        recipes=recipes,
+        seeds=seeds,
+        scratch_pretrained=scratch_pre,
+        reference=raw.get("reference") or {},
+        notes=raw.get("notes", ""),
+    )

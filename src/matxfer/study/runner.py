@@ -1,0 +1,312 @@
+"""Run a study: shared pretraining, then recipes x training sizes x seeds against scratch.
+
+Layout of the study directory::
+
+    DIR/pretrain/<name>/...            one run directory per pretraining run (shared)
+    DIR/splits/<target>.json           the fixed val/test split and the training pool
+    DIR/cells/<target>/<recipe>/n<size>/seed<k>/   one run directory per cell
+        result.json                    written last: its presence marks the cell done
+    DIR/results.csv                    one row per run
+    DIR/report.md, DIR/*.png           written by :mod:`matxfer.study.report`
+    DIR/study.log
+
+A rerun skips finished cells (and finished pretraining runs). A cell that fails is recorded
+with its error and the study goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from matxfer.config import apply_overrides, config_from_dict
+from matxfer.data.splits import Split, split_ids, subsample
+from matxfer.study.config import RecipeSpec, StudyConfig, TargetSpec
+
+log = logging.getLogger(__name__)
+
+#: label keys that describe the same physical property (leakage is checked per family)
+PROPERTY_FAMILIES: dict[str, str] = {
+    "elastic_tensor": "elastic",
+    "bulk_modulus_vrh": "elastic",
+    "shear_modulus_vrh": "elastic",
+    "log10_bulk_modulus_vrh": "elastic",
+    "log10_shear_modulus_vrh": "elastic",
+    "poisson_ratio": "elastic",
+    "dielectric_total": "dielectric",
+    "dielectric_electronic": "dielectric",
+    "dielectric_ionic": "dielectric",
+    "refractive_index": "dielectric",
+    "born_charges": "dielectric",
+    "piezo_tensor": "piezo",
+    "eij_max": "piezo",
+    "formation_energy_per_atom": "formation_energy",
+    "formation_energy": "formation_energy",
+}
+
+
+class LeakageError(ValueError):
+    """A target's test materials appear in the labels a pretraining run learned."""
+
+
+def family(label: str) -> str:
+    return PROPERTY_FAMILIES.get(label, label)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class StudyRunner:
+    def __init__(self, study: StudyConfig, out: str | Path, max_cells: int | None = None):
+        self.study = study
+        self.out = Path(out)
+        self.max_cells = max_cells
+        self.pretrained: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ pretraining
+    def run_pretraining(self) -> None:
+        from matxfer.checkpoint import load_checkpoint
+        from matxfer.train.loop import fit
+
+        for spec in self.study.pretrain:
+            used = any(r.pretrained == spec.name for r in self.study.recipes) or (
+                self.study.scratch_pretrained == spec.name
+            )
+            if not used:
+                continue
+            if spec.checkpoint:
+                ck = load_checkpoint(spec.checkpoint)
+                prov = ck.get("provenance", {})
+                split = ck.get("split") or {}
+                self.pretrained[spec.name] = {
+                    "checkpoint": spec.checkpoint,
+                    "targets": list(ck["tasks"]),
+                    "ids": set(split.get("train", [])) | set(split.get("val", [])),
+                    "wall_time_s": 0.0,
+                    "external": prov.get("source", "checkpoint"),
+                }
+                continue
+            run_dir = self.out / "pretrain" / spec.name
+            ckpt = run_dir / "model.ckpt"
+            raw = deep_merge(self.study.base, spec.config)
+            raw["name"] = f"{self.study.name}-pretrain-{spec.name}"
+            raw["out"] = str(run_dir)
+            cfg = config_from_dict(raw)
+            if ckpt.is_file():
+                log.info("pretraining %s already done (%s)", spec.name, ckpt)
+                wall = json.loads((run_dir / "metrics.json").read_text()).get("wall_time_s", 0.0)
+            else:
+                log.info("pretraining %s", spec.name)
+                res = fit(cfg, command="study-pretrain")
+                wall = res.wall_time_s
+            split = Split.load(run_dir / "split.json")
+            self.pretrained[spec.name] = {
+                "checkpoint": str(ckpt),
+                "targets": list(cfg.data.targets),
+                "ids": set(split.train) | set(split.val),
+                "wall_time_s": wall,
+            }
+
+    # ------------------------------------------------------------------ splits
+    def target_split(self, target: TargetSpec) -> dict[str, Any]:
+        """The fixed val/test split and the training pool of a target (saved, reused)."""
+        from matxfer.train.data import gather_records
+
+        path = self.out / "splits" / f"{target.name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        dcfg = config_from_dict({"data": target.data}).data
+        records, dropped = gather_records(dcfg, list(dcfg.targets))
+        ids = sorted(records)
+        n = len(ids)
+        n_test = target.test_size if target.test_size is not None else round(n * target.test_fraction)
+        n_val = target.val_size if target.val_size is not None else round(n * target.val_fraction)
+        sp = split_ids(ids, seed=target.split_seed, sizes=(None, n_val, n_test))
+        blob = {
+            "target": target.name,
+            "pool": sp.train,
+            "val": sp.val,
+            "test": sp.test,
+            "dropped": dropped,
+            "n_available": n,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(blob, indent=1))
+        return blob
+
+    def check_leakage(self, target: TargetSpec, split: dict[str, Any]) -> None:
+        labels = config_from_dict({"data": target.data}).data.targets
+        fams = {family(t) for t in labels}
+        test = set(split["test"])
+        for r in self.study.recipes:
+            names = [r.pretrained] if r.pretrained else []
+            if r.kind == "scratch" and self.study.scratch_pretrained:
+                names = []  # scratch uses only the architecture, never the weights
+            for name in names:
+                pre = self.pretrained[name]
+                same = [t for t in pre["targets"] if t in labels]
+                if same:
+                    raise LeakageError(
+                        f"pretraining run {name!r} learned {same}, the target of {target.name!r}: "
+                        "exclude the fine-tuning property from pretraining"
+                    )
+                shared = [t for t in pre["targets"] if family(t) in fams]
+                if shared:
+                    overlap = test & pre["ids"]
+                    if overlap:
+                        raise LeakageError(
+                            f"{len(overlap)} test material(s) of target {target.name!r} are in the "
+                            f"{shared} labels of pretraining run {name!r} (e.g. "
+                            f"{sorted(overlap)[:5]}); add the target dataset to the pretraining "
+                            "run's data.exclude_ids_from"
+                        )
+
+    # ------------------------------------------------------------------ cells
+    def cells(self) -> list[tuple[TargetSpec, dict, Any, RecipeSpec, int]]:
+        out = []
+        for target in self.study.targets:
+            split = self.target_split(target)
+            self.check_leakage(target, split)
+            pool = split["pool"]
+            for size in target.sizes:
+                n = len(pool) if size == "all" else int(size)
+                if n > len(pool):
+                    log.warning(
+                        "%s: size %d exceeds the %d available training entries; skipped",
+                        target.name, n, len(pool),
+                    )
+                    continue
+                for recipe in self.study.recipes:
+                    for seed in self.study.seeds:
+                        out.append((target, split, n, recipe, seed))
+        return out
+
+    def cell_dir(self, target: TargetSpec, recipe: RecipeSpec, size: int, seed: int) -> Path:
+        safe = recipe.name.replace(":", "-")
+        return self.out / "cells" / target.name / safe / f"n{size}" / f"seed{seed}"
+
+    def run_cell(self, target, split, size, recipe: RecipeSpec, seed) -> dict[str, Any]:
+        from matxfer.train.loop import fit
+
+        run_dir = self.cell_dir(target, recipe, size, seed)
+        done = run_dir / "result.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train = subsample(split["pool"], size, seed)
+        Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")
+        raw = deep_merge(self.study.base, {"data": target.data})
+        raw["data"]["split"] = {"file": str(run_dir / "cell_split.json")}
+        raw["data"].pop("train_size", None)
+        raw["name"] = f"{target.name}-{recipe.name}-n{size}-s{seed}"
+        raw["out"] = str(run_dir)
+        raw["seed"] = seed
+        pre_name = recipe.pretrained
+        if recipe.kind == "scratch":
+            pre_name = self.study.scratch_pretrained
+        if pre_name is not None:
+            raw["transfer"] = {
+                "init_from": self.pretrained[pre_name]["checkpoint"],
+                "recipe": recipe.kind,
+                "keep_heads": list(recipe.keep_heads),
+            }
+            # the architecture and graph come from the checkpoint
+            raw.pop("graph", None)
+            if "model" in raw:
+                raw["model"] = {"heads": raw["model"].get("heads", {})}
+        raw = apply_overrides(raw, recipe.overrides)
+        row: dict[str, Any] = {
+            "target": target.name,
+            "recipe": recipe.name,
+            "kind": recipe.kind,
+            "pretrained": recipe.pretrained or "",
+            "size": size,
+            "seed": seed,
+        }
+        t0 = time.time()
+        try:
+            cfg = config_from_dict(raw)
+            res = fit(cfg, command="study-cell")
+            row["status"] = "ok"
+            row["wall_time_s"] = res.wall_time_s
+            row["trainable_params"] = res.trainable_params
+            row["best_epoch"] = res.best_epoch
+            for task, m in (res.metrics.get("test") or {}).items():
+                for k, v in m.items():
+                    row[f"{task}.{k}"] = v
+        except Exception as exc:  # one failing cell never stops the study
+            row["status"] = "failed"
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            row["wall_time_s"] = time.time() - t0
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            log.error("cell %s failed: %s", run_dir, row["error"])
+        done.write_text(json.dumps(row, indent=1, default=float))
+        return row
+
+    # ------------------------------------------------------------------ all
+    def run(self, progress: bool = True) -> Path:
+        from matxfer.progress import progress_bar
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / "study.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("matxfer").addHandler(handler)
+        try:
+            self.run_pretraining()
+            todo = self.cells()
+            if self.max_cells is not None:
+                todo = todo[: self.max_cells]
+            bar = progress_bar("study cells", total=len(todo), disable=not progress or None)
+            rows = []
+            for cell in todo:
+                target, split, size, recipe, seed = cell
+                bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
+                rows.append(self.run_cell(*cell))
+                bar.update(1)
+                self.write_results()
+            bar.close()
+            path = self.write_results()
+            from matxfer.study.report import write_report
+
+            write_report(self.out, self.study)
+            return path
+        finally:
+            logging.getLogger("matxfer").removeHandler(handler)
+            handler.close()
+
+    def write_results(self) -> Path:
+        rows = []
+        for f in sorted((self.out / "cells").rglob("result.json")):
+            rows.append(json.loads(f.read_text()))
+        for name, pre in self.pretrained.items():
+            rows.append(
+                {
+                    "target": "(pretrain)",
+                    "recipe": name,
+                    "kind": "pretrain",
+                    "status": "ok",
+                    "wall_time_s": pre.get("wall_time_s", 0.0),
+                }
+            )
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(c for c in r if c not in cols)
+        path = self.out / "results.csv"
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        return path
