@@ -183,9 +183,21 @@ def _from_dict(cls, data: Any, where: str):
             kwargs[name] = {k: _from_dict(TaskConfig, v, f"{sub}.{k}") for k, v in value.items()}
         elif isinstance(value, list) and f.type.startswith("tuple"):
             kwargs[name] = tuple(value)
+        elif isinstance(value, str) and "float" in f.type:
+            kwargs[name] = _as_float(value, sub)
+        elif isinstance(value, dict) and "dict[str, float]" in f.type:
+            kwargs[name] = {k: _as_float(v, f"{sub}.{k}") for k, v in value.items()}
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def _as_float(value: Any, where: str) -> float:
+    """YAML 1.1 reads ``1e-3`` as a string; accept it where a number is expected."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number, got {value!r}") from None
 
 
 _SUBCONFIGS = {

@@ -755,14 +755,79 @@ def missing_message(spec: DatasetSpec, root: Path) -> str:
     return "\n".join(lines)
 
 
+#: bump when a parser changes what it produces (invalidates the parsed-record cache)
+PARSER_VERSION = 1
+_MEMO: dict[tuple, LoadedDataset] = {}
+
+
+def _records_cache_file(spec: DatasetSpec, root: Path) -> Path:
+    import hashlib
+
+    from matxfer.paths import cache_dir
+
+    h = hashlib.sha256(f"{spec.name}|{PARSER_VERSION}".encode())
+    for p in spec.paths(root):
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return cache_dir() / "records" / f"{spec.name}-{h.hexdigest()[:16]}.pkl"
+
+
 def load_dataset(
     name: str,
     root: Path | str | None = None,
     limit: int | None = None,
     ids: list[str] | None = None,
     progress: bool = False,
+    use_cache: bool = True,
 ) -> LoadedDataset:
-    """Parse a registered dataset from the data directory.
+    """Parse a registered dataset from the data directory (cached).
+
+    Full loads are memoised in-process and cached on disk (a pickle of the parsed records
+    in matxfer's own cache directory, keyed by the files' size and mtime and the parser
+    version), because parsing CIFs and rotating cells into the IEEE frame takes seconds to
+    minutes. See :func:`parse_dataset` for the arguments.
+    """
+    import pickle
+
+    spec = get_spec(name)
+    root = Path(root) if root is not None else default_data_dir()
+    if not use_cache or limit is not None or ids is not None or not spec.available(root):
+        return parse_dataset(name, root, limit, ids, progress)
+    key = (name, str(root.resolve()))
+    if key in _MEMO:
+        ds = _MEMO[key]
+        return LoadedDataset(ds.spec, list(ds.records), list(ds.failures))
+    cache = _records_cache_file(spec, root)
+    ds = None
+    if cache.is_file():
+        try:
+            with open(cache, "rb") as fh:
+                records, failures = pickle.load(fh)  # our own cache file, written below
+            ds = LoadedDataset(spec, records, failures)
+        except Exception as exc:
+            log.warning("ignoring unreadable record cache %s: %s", cache, exc)
+    if ds is None:
+        ds = parse_dataset(name, root, None, None, progress)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                pickle.dump((ds.records, ds.failures), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(cache)
+        except OSError as exc:
+            log.warning("could not write record cache %s: %s", cache, exc)
+    _MEMO[key] = ds
+    return LoadedDataset(ds.spec, list(ds.records), list(ds.failures))
+
+
+def parse_dataset(
+    name: str,
+    root: Path | str | None = None,
+    limit: int | None = None,
+    ids: list[str] | None = None,
+    progress: bool = False,
+) -> LoadedDataset:
+    """Parse a registered dataset from the data directory (no cache).
 
     Args:
         name: registry name (``matxfer data list``).
@@ -785,6 +850,8 @@ def load_dataset(
     records: list[CrystalRecord] = []
     failures: list[tuple[str, str]] = []
     seen: set[str] = set()
+    import warnings
+
     entries = spec.parser(spec.paths(root))
     bar = None
     if progress:
@@ -801,7 +868,9 @@ def load_dataset(
             continue
         seen.add(entry_id)
         try:
-            structure, labels, meta = build()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # CIF rounding notes etc.
+                structure, labels, meta = build()
             records.append(make_record(entry_id, structure, labels, meta))
         except RecordError as exc:
             failures.append((entry_id, exc.reason))

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from matxfer.study.config import study_from_dict
+from matxfer.study.report import verdict, write_report
+from matxfer.study.runner import LeakageError, StudyRunner
+
+
+def _study(**over):
+    raw = {
+        "name": "t",
+        "base": {"model": {"backbone": {"name": "cgcnn"}}},
+        "pretrain": {"pre": {"config": {"data": {"datasets": ["flla-2015"], "targets": ["formation_energy_per_atom"]}}}},
+        "targets": {"gap": {"data": {"datasets": ["petousis-dielectric-2017"], "targets": ["band_gap"]}, "sizes": [10]}},
+        "recipes": [{"name": "head", "kind": "head", "pretrained": "pre"}],
+        "seeds": 2,
+    }
+    raw.update(over)
+    return study_from_dict(raw)
+
+
+def test_study_config_adds_scratch_and_checks_names():
+    st = _study()
+    assert [r.name for r in st.recipes] == ["scratch", "head"]
+    assert st.seeds == [0, 1]
+    with pytest.raises(ValueError, match="unknown pretraining run"):
+        _study(recipes=[{"name": "h", "kind": "head", "pretrained": "nope"}])
+    with pytest.raises(ValueError, match="unknown key"):
+        _study(extra=1)
+    with pytest.raises(ValueError, match="needs 'pretrained"):
+        _study(recipes=[{"name": "f", "kind": "full"}])
+
+
+def test_leakage_detected(tmp_path):
+    st = _study(
+        pretrain={"pre": {"config": {"data": {"datasets": ["mp-elastic-2024"], "targets": ["elastic_tensor"]}}}},
+        targets={"k": {"data": {"datasets": ["dejong-elastic-2015"], "targets": ["log10_bulk_modulus_vrh"]}, "sizes": [5]}},
+    )
+    runner = StudyRunner(st, tmp_path)
+    runner.pretrained["pre"] = {"checkpoint": "x", "targets": ["elastic_tensor"], "ids": {"mp-1", "mp-2"}}
+    split = {"pool": ["mp-3"], "val": ["mp-4"], "test": ["mp-2", "mp-5"]}
+    with pytest.raises(LeakageError, match="1 test material"):
+        runner.check_leakage(st.targets[0], split)
+    split["test"] = ["mp-5"]
+    runner.check_leakage(st.targets[0], split)  # no overlap: fine
+    # the fine-tuning label itself in the pretraining targets is refused outright
+    runner.pretrained["pre"]["targets"] = ["log10_bulk_modulus_vrh"]
+    with pytest.raises(LeakageError, match="exclude the fine-tuning property"):
+        runner.check_leakage(st.targets[0], split)
+
+
+def test_report_renders_tables_and_plots(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for recipe, scale in (("scratch", 1.0), ("head", 1.3), ("full", 0.7)):
+        for size in (10, 100):
+            for seed in range(3):
+                rows.append({"target": "diel", "recipe": recipe, "kind": recipe, "size": size, "seed": seed,
+                             "status": "ok", "wall_time_s": 1.0, "trainable_params": 10,
+                             "dielectric_total.n": 20,
+                             "dielectric_total.mae_voigt": scale * (2.0 / np.sqrt(size)) * (1 + 0.01 * rng.normal()),
+                             "dielectric_total.fnorm_rel": 0.3})
+    rows.append({"target": "diel", "recipe": "head", "kind": "head", "size": 10, "seed": 9, "status": "failed",
+                 "error": "ValueError: boom", "wall_time_s": 0.1})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    # a parity source for the best cell
+    cell = tmp_path / "cells" / "diel" / "full" / "n100" / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "test_predictions.json").write_text(json.dumps(
+        {"dielectric_total": {"ids": ["a"], "pred": [np.eye(3).tolist()], "true": [(1.1 * np.eye(3)).tolist()]}}))
+    path = write_report(tmp_path, _study())
+    text = path.read_text()
+    assert "| full |" in text and "Ratio to scratch" in text
+    assert "Transfer helped: full" in text and "Transfer hurt (worse than scratch): head" in text
+    assert "boom" in text
+    for png in ("learning_curve_diel_dielectric_total.png", "bars_diel_dielectric_total.png", "parity_dielectric_total.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_verdict():
+    assert verdict(1.0, 0.01, 2.0, 0.01) == "better"
+    assert verdict(2.0, 0.01, 1.0, 0.01) == "worse"
+    assert verdict(1.0, 0.5, 1.1, 0.5) == "within noise"
