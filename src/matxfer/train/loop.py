@@ -99,7 +99,7 @@ def _lit_module_class():
             self.tasks = tasks
             self.optim_cfg = optim_cfg
             self.steps_per_epoch = max(1, steps_per_epoch)
-            self._val: list[tuple[float, int]] = []
+            self._t0 = time.time()
 
         def forward(self, batch):
             return self.model(batch)
@@ -126,6 +126,10 @@ def _lit_module_class():
             self.log("val_loss", loss, batch_size=bs, on_step=False, on_epoch=True, prog_bar=True)
             for name, l in losses.items():
                 self.log(f"val_loss/{name}", l, batch_size=bs, on_step=False, on_epoch=True)
+
+        def on_validation_epoch_end(self):
+            # wall-clock time since the start, so error-vs-time curves can be drawn from the CSV log
+            self.log("elapsed_s", time.time() - self._t0, on_epoch=True)
 
         def configure_optimizers(self):
             oc = self.optim_cfg
