@@ -65,6 +65,21 @@ def _plain(x: Any) -> Any:
     raise TypeError(f"checkpoint field of type {type(x).__name__} is not plain data: {x!r}")
 
 
+def _named_config(module) -> dict[str, Any]:
+    name = getattr(type(module), "registry_name", "")
+    if not name:
+        raise ValueError(f"{type(module).__name__} is not registered; cannot record its config")
+    return {"name": name, **{k: v for k, v in dict(module.config).items() if k != "name"}}
+
+
+def model_config_of(model) -> dict[str, Any]:
+    """``{"backbone": {name, ...}, "heads": {task: {name, ...}}}`` that rebuilds ``model``."""
+    return {
+        "backbone": _named_config(model.backbone),
+        "heads": {t: _named_config(h) for t, h in model.heads.items()},
+    }
+
+
 def build_checkpoint(
     model,
     tasks: dict,
@@ -84,7 +99,7 @@ def build_checkpoint(
         {
             "format_version": FORMAT_VERSION,
             "versions": package_versions(),
-            "model_config": model.model_config(),
+            "model_config": model_config_of(model),
             "graph": graph,
             "atom_features": atom_features,
             "tasks": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in tasks.items()},
