@@ -46,6 +46,9 @@ class DataConfig:
         exclude_ids: explicit ids to remove.
         train_size: subsample the training split to this size (learning curves).
         data_dir: data directory (default ``$MATXFER_DATA_DIR`` / ``../shared/data``).
+        sampler: ``uniform`` or ``balanced`` (multi-task: each training crystal is drawn with
+            probability proportional to 1 / (count of its rarest task), so rare tasks do not
+            starve).
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -57,6 +60,7 @@ class DataConfig:
     train_size: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     data_dir: str | None = None
+    sampler: str = "uniform"
 
 
 @dataclass

@@ -278,6 +278,19 @@ def _write_predictions(path: Path, pairs: dict) -> None:
     path.write_text(json.dumps(blob))
 
 
+def task_balanced_sampler(graphs, tasks: dict[str, Task], generator):
+    """Weighted sampler: a crystal's weight is 1 / (number of crystals with its rarest task)."""
+    from torch.utils.data import WeightedRandomSampler
+
+    counts = {t: sum(bool(g[mask_key(t)].any()) for g in graphs) for t in tasks}
+    weights = []
+    for g in graphs:
+        present = [counts[t] for t in tasks if bool(g[mask_key(t)].any())]
+        weights.append(1.0 / min(present) if present else 0.0)
+    return WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), num_samples=len(graphs),
+                                 replacement=True, generator=generator)
+
+
 def build_tasks(cfg: RunConfig) -> dict[str, Task]:
     if not cfg.data.targets:
         raise ValueError("data.targets is empty: name at least one label to learn")
@@ -355,9 +368,13 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
 
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = cfg.optim.batch_size
+        train_graphs = data.subset(data.split.train)
+        sampler = task_balanced_sampler(train_graphs, tasks, gen) if cfg.data.sampler == "balanced" else None
+        if cfg.data.sampler not in ("uniform", "balanced"):
+            raise ValueError(f"data.sampler={cfg.data.sampler!r}; valid: uniform, balanced")
         train_loader = DataLoader(
-            data.subset(data.split.train), batch_size=bs, shuffle=True, generator=gen,
-            num_workers=cfg.trainer.num_workers,
+            train_graphs, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+            generator=gen if sampler is None else None, num_workers=cfg.trainer.num_workers,
         )
         val_loader = DataLoader(data.subset(data.split.val), batch_size=bs, num_workers=cfg.trainer.num_workers)
         LitModel = _lit_module_class()
