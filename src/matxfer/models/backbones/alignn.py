@@ -13,7 +13,8 @@ Architecture (Choudhary & DeCost, npj Comput. Mater. 7, 185 (2021)):
 
 2. ``n_alignn`` ALIGNN layers: an edge-gated convolution on the line graph (its nodes are
    the bonds, its edges the bond pairs) updates the bond and bond-pair features, then an
-   edge-gated convolution on the atom graph updates the atom and bond features;
+   edge-gated convolution on the atom graph updates the atom and bond features (the last
+   ALIGNN layer does not update the bond-pair features, which nothing reads afterwards);
 3. ``n_gcn`` edge-gated convolutions on the atom graph only.
 
 Edge-gated convolution (:class:`EdgeGatedConv`), for node features ``x`` and edge features
@@ -122,15 +123,18 @@ class EdgeGatedConv(nn.Module):
         width: feature width of nodes and edges.
         norm: ``"batch"``, ``"layer"`` or ``"none"``.
         eps: added to the per-node sum of gates.
+        update_edges: also return updated edge features (``False``: the edges are returned
+            unchanged and the edge normalisation is not built; used where nothing reads
+            the updated edges, so that no parameter is left without a gradient).
     """
 
-    def __init__(self, width: int, norm: str = "batch", eps: float = 1e-6):
+    def __init__(self, width: int, norm: str = "batch", eps: float = 1e-6, update_edges: bool = True):
         super().__init__()
         self.width = int(width)
         self.node_linear = nn.Linear(width, 4 * width)
         self.edge_linear = nn.Linear(width, width)
         self.node_norm = _norm(norm, width)
-        self.edge_norm = _norm(norm, width)
+        self.edge_norm = _norm(norm, width) if update_edges else None
         self.act = nn.SiLU()
         self.eps = float(eps)
 
@@ -154,6 +158,8 @@ class EdgeGatedConv(nn.Module):
         den = x.new_zeros((x.shape[0], w)).index_add_(0, dst, s)
         h = self_term + num / (den + self.eps)
         x_out = x + self.act(_apply_norm(self.node_norm, h))
+        if self.edge_norm is None:
+            return x_out, y
         y_out = y + self.act(_apply_norm(self.edge_norm, m))
         return x_out, y_out
 
@@ -164,11 +170,13 @@ class ALIGNNLayer(nn.Module):
     Args:
         width: feature width.
         norm: ``"batch"``, ``"layer"`` or ``"none"``.
+        update_bond_pairs: return updated bond-pair features (``False`` in the last ALIGNN
+            layer, whose bond-pair output nothing reads).
     """
 
-    def __init__(self, width: int, norm: str = "batch"):
+    def __init__(self, width: int, norm: str = "batch", update_bond_pairs: bool = True):
         super().__init__()
-        self.line_conv = EdgeGatedConv(width, norm)
+        self.line_conv = EdgeGatedConv(width, norm, update_edges=update_bond_pairs)
         self.atom_conv = EdgeGatedConv(width, norm)
 
     def forward(
@@ -275,7 +283,9 @@ class ALIGNN(Backbone):
             int(embedding_dim),
             norm,
         )
-        self.alignn_layers = nn.ModuleList(ALIGNNLayer(width, norm) for _ in range(n_alignn))
+        self.alignn_layers = nn.ModuleList(
+            ALIGNNLayer(width, norm, update_bond_pairs=k < n_alignn - 1) for k in range(n_alignn)
+        )
         self.gcn_layers = nn.ModuleList(EdgeGatedConv(width, norm) for _ in range(n_gcn))
         self.out_spec = int(width)
 
