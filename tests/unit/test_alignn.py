@@ -18,7 +18,13 @@ SETTINGS = GraphSettings(cutoff=5.0, max_neighbors=12, line_graph=True)
 
 
 def _graph(structure, settings=SETTINGS, dtype=torch.float64):
-    g = structure_to_graph(structure, settings)
+    """Graph with positions and cell taken from the structure at ``dtype`` precision."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        g = structure_to_graph(structure, settings)
+    finally:
+        torch.set_default_dtype(old)
     g.pos = g.pos.to(dtype)
     g.cell = g.cell.to(dtype)
     g.cell_shift = g.cell_shift.to(dtype)
