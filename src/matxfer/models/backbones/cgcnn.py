@@ -1,0 +1,143 @@
+"""CGCNN backbone (Xie & Grossman, PRL 120, 145301, 2018).
+
+Per conv layer, for every edge ``j -> i`` with Gaussian-expanded length ``u_ij``:
+
+    z_ij = v_i (+) v_j (+) u_ij
+    [g_ij, c_ij] = BN1(z_ij W + b)                 (split into two halves of width F)
+    v_i <- softplus(v_i + BN2(sum_j sigmoid(g_ij) * softplus(c_ij)))
+
+BN1 normalises over edges, BN2 over atoms. Parameter names follow the original code
+(``embedding``, ``convs.N.fc_full``, ``convs.N.bn1``, ``convs.N.bn2``) so released CGCNN
+checkpoints map onto this module key for key (their ``conv_to_fc``/``fc_out`` belong to a
+scalar head).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from matxfer import keys as K
+from matxfer.models.base import Backbone, feature_dim_of, make_embedding
+from matxfer.models.registry import register_backbone
+from matxfer.nn.geometry import edge_vectors
+from matxfer.nn.radial import GaussianBasis
+
+#: graph settings of the CGCNN family
+CGCNN_GRAPH_DEFAULTS = {"cutoff": 8.0, "max_neighbors": 12, "atom_features": "none"}
+
+
+class CGCNNConv(nn.Module):
+    """One CGCNN convolution.
+
+    Args:
+        width: atom feature width ``F``.
+        edge_dim: edge feature width (Gaussian basis size).
+    """
+
+    def __init__(self, width: int, edge_dim: int):
+        super().__init__()
+        self.width = width
+        self.fc_full = nn.Linear(2 * width + edge_dim, 2 * width)
+        self.bn1 = nn.BatchNorm1d(2 * width)
+        self.bn2 = nn.BatchNorm1d(width)
+
+    def forward(self, v: Tensor, edge_src: Tensor, edge_dst: Tensor, u: Tensor) -> Tensor:
+        """Update atom features.
+
+        Args:
+            v: ``[n_atoms, F]`` atom features.
+            edge_src: ``[E]`` neighbour index ``j``.
+            edge_dst: ``[E]`` centre index ``i``.
+            u: ``[E, edge_dim]`` edge features.
+
+        Returns:
+            ``[n_atoms, F]``.
+        """
+        z = torch.cat([v.index_select(0, edge_dst), v.index_select(0, edge_src), u], dim=-1)
+        gc = self.bn1(self.fc_full(z))
+        gate, core = gc.chunk(2, dim=-1)
+        msg = torch.sigmoid(gate) * F.softplus(core)
+        summed = v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
+        return F.softplus(v + self.bn2(summed))
+
+
+@register_backbone("cgcnn")
+class CGCNN(Backbone):
+    """Crystal graph convolutional network backbone.
+
+    Args:
+        width: atom feature width ``F`` (64 in the released checkpoints).
+        n_conv: number of convolution layers (released checkpoints: 4).
+        gaussian_start: first Gaussian centre (Angstrom).
+        gaussian_stop: last Gaussian centre (Angstrom).
+        gaussian_step: spacing of the centres (Angstrom).
+        gaussian_width: Gaussian width (``None``: the step, as in CGCNN).
+        num_species: size of the embedding table by atomic number.
+        atom_feature_dim: embed tabulated atom features ``x [n, F_in]`` with
+            ``Linear(F_in, width)`` (92 for CGCNN's ``atom_init.json``) instead of a table.
+        atom_features: ``"none"`` (embedding by atomic number) or a tabulated feature
+            name (``"cgcnn"``: 92 columns unless ``atom_feature_dim`` says otherwise).
+    """
+
+    graph_defaults = dict(CGCNN_GRAPH_DEFAULTS)
+    equivariant = False
+
+    def __init__(
+        self,
+        width: int = 64,
+        n_conv: int = 3,
+        gaussian_start: float = 0.0,
+        gaussian_stop: float = 8.0,
+        gaussian_step: float = 0.2,
+        gaussian_width: float | None = None,
+        num_species: int = 119,
+        atom_feature_dim: int | None = None,
+        atom_features: str = "none",
+    ):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        if n_conv < 1:
+            raise ValueError(f"n_conv must be >= 1, got {n_conv}")
+        atom_feature_dim = feature_dim_of(atom_features, atom_feature_dim)
+        self.config = {
+            "width": int(width),
+            "n_conv": int(n_conv),
+            "gaussian_start": float(gaussian_start),
+            "gaussian_stop": float(gaussian_stop),
+            "gaussian_step": float(gaussian_step),
+            "gaussian_width": None if gaussian_width is None else float(gaussian_width),
+            "num_species": int(num_species),
+            "atom_feature_dim": atom_feature_dim,
+            "atom_features": str(atom_features),
+        }
+        self.embedding = make_embedding(num_species, atom_feature_dim, width)
+        self.num_species = int(num_species)
+        self.expansion = GaussianBasis(gaussian_start, gaussian_stop, gaussian_step, gaussian_width)
+        self.convs = nn.ModuleList(
+            CGCNNConv(width, self.expansion.num_basis) for _ in range(n_conv)
+        )
+        self.out_spec = int(width)
+
+    def layer_groups(self) -> list[str]:
+        """``["embedding", "convs.0", ..., "convs.{n-1}"]`` (input to output)."""
+        return ["embedding"] + [f"convs.{k}" for k in range(len(self.convs))]
+
+    def forward(self, data) -> dict[str, Tensor]:
+        """Atom features of a (batched) crystal graph.
+
+        Args:
+            data: graph with ``z [n]`` (or ``x [n, F_in]``), ``pos``, ``cell``,
+                ``edge_index [2, E]``, ``cell_shift [E, 3]``.
+
+        Returns:
+            ``{node_feats: [n, width]}``.
+        """
+        v = self.embed(data)
+        src, dst = data[K.EDGE_INDEX]
+        u = self.expansion(edge_vectors(data).norm(dim=-1))
+        for conv in self.convs:
+            v = conv(v, src, dst, u)
+        return {K.NODE_FEATURES: v}

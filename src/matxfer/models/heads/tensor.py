@@ -1,0 +1,218 @@
+"""Equivariant tensor heads for irreps backbones.
+
+``tensor``: pool the node irreps per crystal, then e3nn layers (a gated hidden layer and a
+linear map) to the irreps of the target's ``CartesianTensor(formula)``; returns the irreps
+``[B, irreps.dim]`` in normalised units. ``born``: the same map applied per atom without
+pooling (Born effective charges, formula ``ij`` = ``0e + 1e + 2e``) -> ``[n_atoms, 9]``.
+Both keep the change of basis to Cartesian tensors as a non-persistent buffer
+(:meth:`to_cartesian`); de-normalisation and conversion for predictions happen in the
+task's :class:`~matxfer.normalize.IrrepsNormalizer`, which uses the same basis.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from e3nn.nn import Gate
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from matxfer import keys as K
+from matxfer.models.base import Head
+from matxfer.models.registry import register_head
+from matxfer.normalize import cartesian_basis, formula_rank
+from matxfer.nn.pooling import check_reduce, graph_index, pool
+
+#: formulas of per-crystal tensor targets (dielectric, piezoelectric, elastic)
+TENSOR_FORMULAS = ("ij=ji", "ijk=ikj", "ijkl=jikl=klij")
+
+
+def _irreps_in(in_spec, head: str) -> o3.Irreps:
+    if isinstance(in_spec, (int, bool)) or in_spec is None:
+        raise ValueError(
+            f"the {head!r} head needs an equivariant (irreps) backbone, got in_spec={in_spec!r}; "
+            "use the 'edge-tensor' / 'edge-atom-tensor' heads for invariant backbones"
+        )
+    try:
+        return o3.Irreps(in_spec)
+    except Exception as exc:
+        raise ValueError(f"in_spec {in_spec!r} is not an irreps specification: {exc}") from exc
+
+
+def _tanh(x: Tensor) -> Tensor:
+    return torch.tanh(x)
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    return torch.sigmoid(x)
+
+
+class IrrepsMap(nn.Module):
+    """Equivariant map ``irreps_in -> irreps_out``: optional gated hidden layer + linear.
+
+    Args:
+        irreps_in: input irreps.
+        irreps_out: output irreps.
+        hidden_irreps: irreps of the gated hidden layer (``None``: a single linear map).
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, hidden_irreps=None):
+        super().__init__()
+        irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        if hidden_irreps is None:
+            self.hidden = None
+            self.gate = None
+            self.out = o3.Linear(irreps_in, irreps_out, biases=True)
+        else:
+            hid = o3.Irreps(hidden_irreps)
+            scalars = o3.Irreps([(m, ir) for m, ir in hid if ir.l == 0])
+            gated = o3.Irreps([(m, ir) for m, ir in hid if ir.l > 0])
+            acts = [F.silu if ir.p == 1 else _tanh for _, ir in scalars]
+            gates = o3.Irreps([(m, (0, 1)) for m, _ in gated])
+            self.gate = Gate(scalars, acts, gates, [_sigmoid] * len(gates), gated)
+            self.hidden = o3.Linear(irreps_in, self.gate.irreps_in, biases=True)
+            self.out = o3.Linear(self.gate.irreps_out, irreps_out, biases=True)
+        missing = sorted({str(ir) for _, ir in irreps_out} - {str(ir) for _, ir in irreps_in})
+        if missing:
+            raise ValueError(
+                f"backbone irreps {irreps_in} lack {missing} needed for the target irreps "
+                f"{irreps_out} (an equivariant map cannot create them)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., irreps_in.dim]`` -> ``[..., irreps_out.dim]``."""
+        if self.hidden is not None:
+            x = self.gate(self.hidden(x))
+        return self.out(x)
+
+
+def default_hidden(irreps_out: o3.Irreps, mul: int = 8, n_scalars: int = 16) -> str:
+    """Gated hidden irreps for a target: ``n_scalars x 0e`` + ``mul`` of each ``l > 0`` irrep."""
+    types = sorted({ir for _, ir in irreps_out if ir.l > 0}, key=lambda ir: (ir.l, -ir.p))
+    parts = [f"{n_scalars}x0e"] + [f"{mul}x{ir}" for ir in types]
+    return "+".join(parts)
+
+
+class _CartesianHead(Head):
+    """Shared parts of the tensor heads: formula, target irreps, change of basis."""
+
+    def _setup(self, in_spec, formula: str, hidden_irreps) -> None:
+        irreps_in = _irreps_in(in_spec, self.registry_name or type(self).__name__)
+        self.formula = formula
+        self.irreps_out, q = cartesian_basis(formula)
+        self.rank = formula_rank(formula)
+        self.register_buffer("Q", q.to(torch.get_default_dtype()), persistent=False)
+        if hidden_irreps == "auto":
+            hidden_irreps = default_hidden(self.irreps_out)
+        elif hidden_irreps is not None:
+            try:
+                hidden_irreps = str(o3.Irreps(hidden_irreps))
+            except Exception as exc:
+                raise ValueError(f"invalid hidden_irreps {hidden_irreps!r}: {exc}") from exc
+        self.map = IrrepsMap(irreps_in, self.irreps_out, hidden_irreps)
+        return hidden_irreps
+
+    @property
+    def out_dim(self) -> int:
+        return self.irreps_out.dim
+
+    def to_cartesian(self, x: Tensor) -> Tensor:
+        """Irreps ``[..., dim]`` -> Cartesian ``[..., 3, ..., 3]``."""
+        return (x @ self.Q.to(x.dtype)).reshape(*x.shape[:-1], *([3] * self.rank))
+
+
+@register_head("tensor")
+class TensorHead(_CartesianHead):
+    """Per-crystal Cartesian tensor from an irreps backbone -> ``[B, irreps.dim]``.
+
+    Args:
+        in_spec: the backbone's ``out_spec`` (``e3nn.o3.Irreps``).
+        formula: ``"ij=ji"`` (dielectric), ``"ijk=ikj"`` (piezoelectric) or
+            ``"ijkl=jikl=klij"`` (elastic).
+        hidden_irreps: irreps of the gated hidden layer after pooling (``"auto"``:
+            ``16x0e`` + ``8x`` each ``l > 0`` target irrep; ``None``: linear map only).
+        reduce: ``"mean"`` (intensive, default) or ``"sum"``.
+    """
+
+    per_atom = False
+    task_kinds = ("tensor",)
+
+    def __init__(
+        self,
+        in_spec,
+        formula: str = "ijkl=jikl=klij",
+        hidden_irreps: str | None = "auto",
+        reduce: str = "mean",
+    ):
+        super().__init__()
+        if formula not in TENSOR_FORMULAS:
+            raise ValueError(f"unknown tensor formula {formula!r}; valid: {list(TENSOR_FORMULAS)}")
+        self.reduce = check_reduce(reduce)
+        hidden = self._setup(in_spec, formula, hidden_irreps)
+        self.config = {"formula": formula, "hidden_irreps": hidden, "reduce": reduce}
+
+    def forward(self, backbone_out: dict, data) -> Tensor:
+        """Prediction in normalised irreps.
+
+        Args:
+            backbone_out: ``{node_feats: [n_atoms, in_spec.dim]}``.
+            data: the (batched) graph.
+
+        Returns:
+            ``[B, irreps.dim]``.
+        """
+        x = backbone_out[K.NODE_FEATURES]
+        batch, num_graphs = graph_index(data, x.shape[0], x.device)
+        return self.map(pool(x, batch, num_graphs, self.reduce))
+
+
+@register_head("born")
+class BornHead(_CartesianHead):
+    """Per-atom tensor (Born effective charges, ``Z*_i,ab``) -> ``[n_atoms, 9]``.
+
+    Args:
+        in_spec: the backbone's ``out_spec`` (``e3nn.o3.Irreps``).
+        formula: ``"ij"`` (no index symmetry: ``0e + 1e + 2e``).
+        hidden_irreps: gated hidden layer (``"auto"``, irreps, or ``None``).
+        charge_neutral: subtract each crystal's mean prediction (in normalised units) so
+            the charges of a crystal sum to zero when the normaliser's mean is zero (the
+            acoustic sum rule; the mean of Born charges over all atoms of a training set
+            is zero up to DFT noise).
+    """
+
+    per_atom = True
+    task_kinds = ("atom_tensor",)
+
+    def __init__(
+        self,
+        in_spec,
+        formula: str = "ij",
+        hidden_irreps: str | None = "auto",
+        charge_neutral: bool = False,
+    ):
+        super().__init__()
+        if formula != "ij":
+            raise ValueError(f"the born head predicts formula 'ij', got {formula!r}")
+        hidden = self._setup(in_spec, formula, hidden_irreps)
+        self.charge_neutral = bool(charge_neutral)
+        self.config = {
+            "formula": formula,
+            "hidden_irreps": hidden,
+            "charge_neutral": self.charge_neutral,
+        }
+
+    def forward(self, backbone_out: dict, data) -> Tensor:
+        """Prediction in normalised irreps.
+
+        Args:
+            backbone_out: ``{node_feats: [n_atoms, in_spec.dim]}``.
+            data: the (batched) graph.
+
+        Returns:
+            ``[n_atoms, 9]``.
+        """
+        x = self.map(backbone_out[K.NODE_FEATURES])
+        if self.charge_neutral:
+            batch, num_graphs = graph_index(data, x.shape[0], x.device)
+            x = x - pool(x, batch, num_graphs, "mean").index_select(0, batch)
+        return x
