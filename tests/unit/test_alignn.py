@@ -214,8 +214,9 @@ def test_atom_feature_embedding(zno):
     feat = AtomFeaturizer.cgcnn()
     g = structure_to_graph(zno, GraphSettings(cutoff=5.0, max_neighbors=12, line_graph=True,
                                               atom_features="cgcnn"), featurizer=feat)
-    m = ALIGNN(**TINY, atom_feature_dim=int(feat.dim)).eval()
+    m = ALIGNN(**TINY, atom_features="cgcnn").eval()
     assert isinstance(m.embedding.atom, torch.nn.Linear)
+    assert m.embedding.atom.in_features == int(feat.dim) == m.config["atom_feature_dim"]
     assert m(g)[K.NODE_FEATURES].shape == (g.num_nodes, TINY["width"])
     g.x = g.x[:, :5]
     with pytest.raises(ValueError, match="atom_feature_dim"):

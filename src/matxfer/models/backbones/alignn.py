@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from matxfer import keys as K
 from matxfer.data.graphs import bond_cosines
-from matxfer.models.base import Backbone
+from matxfer.models.base import Backbone, feature_dim_of
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.radial import GaussianBasis
@@ -220,6 +220,8 @@ class ALIGNN(Backbone):
         num_species: size of the atomic-number embedding table.
         atom_feature_dim: if given, embed tabulated atom features ``x [n, F]`` with a
             ``Linear(F, width)`` instead of a table by atomic number.
+        atom_features: ``"none"`` (embedding by atomic number) or a tabulated feature name
+            (``"cgcnn"``: 92 columns unless ``atom_feature_dim`` says otherwise).
     """
 
     graph_defaults = {"cutoff": 8.0, "max_neighbors": 12, "line_graph": True, "atom_features": "none"}
@@ -237,8 +239,10 @@ class ALIGNN(Backbone):
         norm: str = "batch",
         num_species: int = 119,
         atom_feature_dim: int | None = None,
+        atom_features: str = "none",
     ):
         super().__init__()
+        atom_feature_dim = feature_dim_of(atom_features, atom_feature_dim)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         if n_alignn < 0 or n_gcn < 0 or n_alignn + n_gcn < 1:
@@ -271,6 +275,7 @@ class ALIGNN(Backbone):
             "norm": str(norm),
             "num_species": int(num_species),
             "atom_feature_dim": None if atom_feature_dim is None else int(atom_feature_dim),
+            "atom_features": str(atom_features),
         }
         self.num_species = int(num_species)
         self.embedding = _Embeddings(
