@@ -1,11 +1,22 @@
 """Third-party pretrained models: original CGCNN checkpoints and the CHGNet backbone.
 
-Importing this package registers the ``chgnet`` backbone (its ``chgnet`` dependency is only
-imported when one is built) and the ``cgcnn`` checkpoint importer.
+- :mod:`matxfer.pretrained.cgcnn_import`: ``matxfer import-cgcnn`` turns a released CGCNN
+  ``*.pth.tar`` into a matxfer checkpoint (``cgcnn`` backbone + ``scalar`` head, normaliser,
+  element table inside) and reproduces the original neighbour lists for exact parity.
+- :mod:`matxfer.pretrained.chgnet_backbone`: CHGNet 0.3.0 as the ``chgnet`` backbone
+  (importing this package registers it; its ``chgnet`` dependency is imported only when a
+  backbone is built), and feature caching for frozen backbones.
 """
 
 from __future__ import annotations
 
+from matxfer.pretrained.cgcnn_import import (
+    CompatPredictor,
+    cgcnn_compat_graph,
+    cgcnn_neighbor_list,
+    import_cgcnn,
+    read_original_checkpoint,
+)
 from matxfer.pretrained.chgnet_backbone import (
     CachedBackbone,
     CHGNetBackbone,
@@ -17,7 +28,12 @@ from matxfer.pretrained.chgnet_backbone import (
 __all__ = [
     "CHGNetBackbone",
     "CachedBackbone",
+    "CompatPredictor",
     "MissingDependencyError",
     "attach_features",
     "cache_features",
+    "cgcnn_compat_graph",
+    "cgcnn_neighbor_list",
+    "import_cgcnn",
+    "read_original_checkpoint",
 ]

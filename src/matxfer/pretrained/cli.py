@@ -1,0 +1,67 @@
+"""``matxfer import-cgcnn``: convert an original CGCNN checkpoint into a matxfer checkpoint.
+
+Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet``
+backbone (its dependency is imported only when one is built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from matxfer.cli import register_command
+
+
+def _add_import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "file",
+        metavar="FILE.pth.tar",
+        help="original CGCNN checkpoint (txie-93/cgcnn pre-trained/)",
+    )
+    p.add_argument(
+        "--atom-init",
+        default=None,
+        metavar="atom_init.json",
+        help="the element table the checkpoint was trained with (default: atom_init.json beside FILE)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="matxfer checkpoint to write (e.g. runs/imported/band-gap.ckpt)",
+    )
+    p.add_argument("--target", default=None, help="target name (default: from the file name)")
+    p.add_argument("--units", default=None, help="target units (default: from the file name)")
+    p.add_argument(
+        "--check",
+        default=None,
+        metavar="DIR",
+        help="reference-prediction folder (cifs/ + <model>.csv): print the largest deviation",
+    )
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from matxfer.pretrained.cgcnn_import import compare_with_reference, import_cgcnn
+
+    atom_init = args.atom_init
+    if atom_init is None:
+        atom_init = Path(args.file).expanduser().parent / "atom_init.json"
+        if not atom_init.is_file():
+            raise ValueError(f"--atom-init not given and no atom_init.json beside {args.file}")
+    out = import_cgcnn(args.file, atom_init, args.out, target=args.target, units=args.units)
+    summary = {"checkpoint": str(out)}
+    if args.check:
+        summary["check"] = compare_with_reference(out, args.check, Path(args.file).name)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+register_command(
+    "import-cgcnn",
+    "convert an original CGCNN checkpoint (.pth.tar) into a matxfer checkpoint",
+    _add_import_arguments,
+    _run_import,
+)
+
+import matxfer.pretrained  # noqa: F401  (registers the chgnet backbone)
