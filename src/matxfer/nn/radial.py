@@ -55,15 +55,26 @@ class GaussianBasis(nn.Module):
 
 
 class BesselBasis(nn.Module):
-    """Spherical Bessel (sine) basis ``sqrt(2/rc) sin(n pi d / rc) / d``, n = 1..num_basis.
+    """Zeroth-order spherical Bessel (sine) basis, n = 1..num_basis.
+
+    ``normalized=True`` (default): the dimensionless ``sin(n pi x) / x`` with ``x = d / rc``,
+    of order one for typical bond lengths (good input for a radial MLP).
+    ``normalized=False``: ``sqrt(2/rc) sin(n pi d / rc) / d`` (units 1/Angstrom^1.5).
 
     Args:
         cutoff: radius ``rc`` in Angstrom.
         num_basis: number of functions.
         trainable: learn the frequencies ``n pi``.
+        normalized: see above.
     """
 
-    def __init__(self, cutoff: float = 5.0, num_basis: int = 8, trainable: bool = False):
+    def __init__(
+        self,
+        cutoff: float = 5.0,
+        num_basis: int = 8,
+        trainable: bool = False,
+        normalized: bool = True,
+    ):
         super().__init__()
         if not cutoff > 0:
             raise ValueError(f"Bessel basis cutoff must be > 0, got {cutoff}")
@@ -76,6 +87,7 @@ class BesselBasis(nn.Module):
         else:
             self.register_buffer("freqs", freqs, persistent=False)
         self.num_basis = num_basis
+        self.normalized = bool(normalized)
 
     def forward(self, d: Tensor) -> Tensor:
         """Expand lengths.
@@ -87,8 +99,10 @@ class BesselBasis(nn.Module):
             ``[E, num_basis]`` features.
         """
         x = d.unsqueeze(-1) / self.cutoff
-        pref = math.sqrt(2.0 / self.cutoff)
-        return pref * torch.sin(self.freqs.to(d.dtype) * x) / d.unsqueeze(-1)
+        out = torch.sin(self.freqs.to(d.dtype) * x) / x
+        if not self.normalized:
+            out = out * (math.sqrt(2.0 / self.cutoff) / self.cutoff)
+        return out
 
 
 class PolynomialCutoff(nn.Module):

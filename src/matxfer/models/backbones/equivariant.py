@@ -30,9 +30,12 @@ Speed: only tensor-product paths whose output irrep is in the hidden irreps are 
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
+from e3nn.nn import FullyConnectedNet
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -40,7 +43,6 @@ from matxfer import keys as K
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import MLP
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
 #: default hidden irreps: both parities up to l = 4, lean enough for a 2-core CPU
@@ -54,12 +56,62 @@ DEFAULT_MAX_PATH_L = 8
 DEFAULT_SH_L_NONSCALAR = 2
 
 
-def _tanh(x: Tensor) -> Tensor:
-    return torch.tanh(x)
+_ACTS = {"silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
-def _sigmoid(x: Tensor) -> Tensor:
-    return torch.sigmoid(x)
+@functools.lru_cache(maxsize=None)
+def second_moment_scale(act: str) -> float:
+    """``1 / sqrt(E[act(z)^2])`` for ``z ~ N(0, 1)`` (Gauss-Hermite quadrature, cached)."""
+    x, w = np.polynomial.hermite_e.hermegauss(120)
+    fx = _ACTS[act](torch.tensor(x, dtype=torch.float64)).numpy()
+    return float(1.0 / np.sqrt(np.sum(w * fx**2) / np.sqrt(2.0 * np.pi)))
+
+
+class Gate(nn.Module):
+    """Gate nonlinearity: activations on scalars, sigmoid gates multiplying ``l > 0`` irreps.
+
+    Input layout ``scalars + gates + gated`` (:attr:`irreps_in`), output ``scalars + gated``
+    (:attr:`irreps_out`). Even scalars get SiLU, odd scalars tanh (odd, so parity is kept),
+    each gate (one ``0e`` per gated irrep) a sigmoid; every activation is rescaled to unit
+    second moment for unit-normal inputs. Same function as ``e3nn.nn.Gate`` with these
+    activations, built without its sampling-based normalisation (much faster to construct).
+
+    Args:
+        irreps_gated_out: irreps to produce (scalars ``0e``/``0o`` and gated ``l > 0``).
+    """
+
+    def __init__(self, irreps_gated_out: o3.Irreps):
+        super().__init__()
+        irreps = o3.Irreps(irreps_gated_out)
+        scalars = o3.Irreps([(m, ir) for m, ir in irreps if ir.l == 0])
+        gated = o3.Irreps([(m, ir) for m, ir in irreps if ir.l > 0])
+        gates = o3.Irreps([(gated.num_irreps, (0, 1))]) if gated.num_irreps else o3.Irreps("")
+        self.irreps_in = scalars + gates + gated
+        self.irreps_out = scalars + gated
+        self.n_scalars = scalars.dim
+        self.n_gates = gates.dim
+        scale = []
+        for mul, ir in scalars:
+            act = "silu" if ir.p == 1 else "tanh"
+            scale += [second_moment_scale(act)] * mul
+        is_odd = [ir.p == -1 for mul, ir in scalars for _ in range(mul)]
+        dt = torch.get_default_dtype()
+        self.register_buffer("scalar_scale", torch.tensor(scale, dtype=dt), persistent=False)
+        self.register_buffer("odd", torch.tensor(is_odd, dtype=torch.bool), persistent=False)
+        self.gate_scale = second_moment_scale("sigmoid")
+        # gate index of every gated component
+        repeat = [ir.dim for mul, ir in gated for _ in range(mul)]
+        index = torch.repeat_interleave(torch.arange(len(repeat)), torch.tensor(repeat, dtype=torch.long))
+        self.register_buffer("gate_index", index, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., irreps_in.dim]`` -> ``[..., irreps_out.dim]``."""
+        s, g, v = x.split([self.n_scalars, self.n_gates, x.shape[-1] - self.n_scalars - self.n_gates], -1)
+        s = torch.where(self.odd, torch.tanh(s), F.silu(s)) * self.scalar_scale.to(x.dtype)
+        if self.n_gates == 0:
+            return s
+        g = torch.sigmoid(g) * self.gate_scale
+        return torch.cat([s, v * g.index_select(-1, self.gate_index)], dim=-1)
 
 
 class EdgeTensorProduct(nn.Module):
@@ -300,11 +352,7 @@ class Interaction(nn.Module):
         self.irreps_in = irreps_in
         self.avg_num_neighbors = float(avg_num_neighbors)
 
-        scalars = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l == 0])
-        gated = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l > 0])
-        act_scalars = [F.silu if ir.p == 1 else _tanh for _, ir in scalars]
-        gates = o3.Irreps([(m, (0, 1)) for m, _ in gated])
-        self.gate = Gate(scalars, act_scalars, gates, [_sigmoid] * len(gates), gated)
+        self.gate = Gate(irreps_hidden)
         irreps_gate_in = self.gate.irreps_in
         self.irreps_out = self.gate.irreps_out
         wanted = {ir for _, ir in irreps_gate_in}
@@ -312,7 +360,8 @@ class Interaction(nn.Module):
         irreps_tp_in = irreps_in.sort().irreps.simplify()
         self.linear_in = o3.Linear(irreps_in, irreps_tp_in)
         self.tp = EdgeTensorProduct(irreps_tp_in, l_max_sh, wanted, max_path_l, sh_l_nonscalar)
-        self.radial = MLP(num_radial, radial_hidden, self.tp.weight_numel, "silu", bias=False)
+        # bias-free, variance-preserving MLP (e3nn): zero input at the cutoff -> zero weights
+        self.radial = FullyConnectedNet([num_radial, *radial_hidden, self.tp.weight_numel], F.silu)
         self.linear_out = o3.Linear(self.tp.irreps_out, irreps_gate_in)
         self.self_connection = o3.Linear(irreps_in, irreps_gate_in)
         self.residual = bool(residual) and irreps_in == self.irreps_out

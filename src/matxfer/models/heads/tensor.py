@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from matxfer import keys as K
+from matxfer.models.backbones.equivariant import Gate
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.normalize import cartesian_basis, formula_rank
@@ -39,14 +38,6 @@ def _irreps_in(in_spec, head: str) -> o3.Irreps:
         raise ValueError(f"in_spec {in_spec!r} is not an irreps specification: {exc}") from exc
 
 
-def _tanh(x: Tensor) -> Tensor:
-    return torch.tanh(x)
-
-
-def _sigmoid(x: Tensor) -> Tensor:
-    return torch.sigmoid(x)
-
-
 class IrrepsMap(nn.Module):
     """Equivariant map ``irreps_in -> irreps_out``: optional gated hidden layer + linear.
 
@@ -64,12 +55,7 @@ class IrrepsMap(nn.Module):
             self.gate = None
             self.out = o3.Linear(irreps_in, irreps_out, biases=True)
         else:
-            hid = o3.Irreps(hidden_irreps)
-            scalars = o3.Irreps([(m, ir) for m, ir in hid if ir.l == 0])
-            gated = o3.Irreps([(m, ir) for m, ir in hid if ir.l > 0])
-            acts = [F.silu if ir.p == 1 else _tanh for _, ir in scalars]
-            gates = o3.Irreps([(m, (0, 1)) for m, _ in gated])
-            self.gate = Gate(scalars, acts, gates, [_sigmoid] * len(gates), gated)
+            self.gate = Gate(o3.Irreps(hidden_irreps))
             self.hidden = o3.Linear(irreps_in, self.gate.irreps_in, biases=True)
             self.out = o3.Linear(self.gate.irreps_out, irreps_out, biases=True)
         missing = sorted({str(ir) for _, ir in irreps_out} - {str(ir) for _, ir in irreps_in})
