@@ -270,3 +270,65 @@ def test_missing_package_gives_install_hint(monkeypatch):
     # also a ValueError, so the command line reports it as a user error
     with pytest.raises(ValueError):
         CHGNetBackbone(weights=None)
+
+
+def test_config_records_architecture_not_weights(backbone, si):
+    """Rebuilding from the recorded config gives random weights; the state dict restores them."""
+    assert backbone.config["weights"] is None
+    assert backbone.config["initialized_from"] == "0.3.0"
+    assert backbone.config["arch"] == {}
+    torch.manual_seed(5)
+    rebuilt = build_backbone({"name": "chgnet", **backbone.config})
+    assert not torch.equal(
+        rebuilt.embedding.atom.embedding.weight, backbone.embedding.atom.embedding.weight
+    )
+    rebuilt.load_state_dict(backbone.state_dict(), strict=True)
+    rebuilt.eval()
+    g = _graph(si)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(g)[K.NODE_FEATURES], backbone(g)[K.NODE_FEATURES])
+
+
+@pytest.mark.parametrize("recipe", ["scratch", "head", "full", "freeze:2"])
+def test_every_recipe_from_exported_checkpoint(tmp_path_factory, recipe):
+    """``matxfer import-chgnet`` writes a parent checkpoint every transfer recipe accepts."""
+    from matxfer.checkpoint import load_checkpoint
+    from matxfer.config import config_from_dict
+    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.tasks import make_task
+    from matxfer.train.setup import build_run_model
+
+    path = tmp_path_factory.getbasetemp() / "chgnet-export" / "chgnet-0.3.0.ckpt"
+    if not path.is_file():
+        export_chgnet_checkpoint(path)
+    parent = load_checkpoint(path)
+    assert parent["tasks"] == {} and parent["provenance"]["source_sha256"]
+    cfg = config_from_dict(
+        {
+            "data": {"targets": ["dielectric_total"]},
+            "transfer": {"init_from": str(path), "recipe": recipe},
+        }
+    )
+    tasks = {"dielectric_total": make_task("dielectric_total")}
+    torch.manual_seed(0)
+    model, settings, _, _, prov = build_run_model(cfg, tasks, parent)
+    assert prov["recipe"] == recipe
+    assert settings.cutoff == 5.0 and settings.max_neighbors is None
+    assert type(model.heads["dielectric_total"]).registry_name == "edge-tensor"
+    pre = {k[len("backbone.") :]: v for k, v in parent["state_dict"].items()}
+    now = model.backbone.state_dict()
+    frozen = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    same = {k for k in pre if torch.equal(pre[k], now[k])}
+    if recipe == "scratch":
+        assert "embedding.atom.embedding.weight" not in same and not frozen
+    elif recipe == "head":
+        assert same == set(pre) and frozen == {n for n, _ in model.backbone.named_parameters()}
+    elif recipe == "full":
+        assert same == set(pre) and not frozen
+    else:
+        assert all(
+            n.startswith(("embedding.", "interactions.0.", "interactions.1.")) for n in frozen
+        )
+        assert "interactions.1.atom_conv.mlp_out.layers.1.weight" in same
+        assert "interactions.2.atom_conv.mlp_out.layers.1.weight" not in same
+        assert "interactions.3.atom_conv.twoBody_atom.mlp_core.layers.0.weight" not in same

@@ -270,17 +270,26 @@ def map_chgnet_state_dict(
 class CHGNetBackbone(Backbone):
     """Pretrained CHGNet interaction layers returning 64-dim atom features.
 
+    ``weights`` says how the backbone is *initialised*; the recorded ``config`` describes the
+    architecture only (``weights: None``, the source kept in ``initialized_from``), because
+    the weights themselves travel in the checkpoint's state dict. So rebuilding a model from
+    a checkpoint never re-reads the weight file, and a ``scratch`` run that takes its
+    architecture from a CHGNet-based checkpoint really starts from random weights.
+
     Args:
         weights: ``"0.3.0"`` (the pretrained universal potential), a path to a CHGNet
-            ``.pth.tar`` file, or ``None`` for a random initialisation of the 0.3.0
-            architecture (the scratch baseline).
+            ``.pth.tar`` file, or ``None`` for a random initialisation (the scratch baseline).
         readout_norm: apply CHGNet's read-out layer norm to the features of the last
             interaction block (what its energy MLP sees).
         topology_cache: number of structures whose CHGNet graph indices are kept (0: none).
+        arch: CHGNet constructor arguments that differ from those of 0.3.0
+            (:data:`CHGNET_030_ARGS`); only used with ``weights=None`` (a weight file brings
+            its own).
+        initialized_from: informational (the recorded source of the weights).
 
     Raises:
         MissingDependencyError: the ``chgnet`` package is missing.
-        ValueError: unknown weights name or unreadable weight file.
+        ValueError: unknown weights name, unreadable weight file or unsupported architecture.
     """
 
     graph_defaults: ClassVar[dict[str, Any]] = {
@@ -292,7 +301,12 @@ class CHGNetBackbone(Backbone):
     equivariant: ClassVar[bool] = False
 
     def __init__(
-        self, weights: str | None = "0.3.0", readout_norm: bool = True, topology_cache: int = 4096
+        self,
+        weights: str | None = "0.3.0",
+        readout_norm: bool = True,
+        topology_cache: int = 4096,
+        arch: dict[str, Any] | None = None,
+        initialized_from: str | None = None,
     ):
         super().__init__()
         chgnet_cls, converter_cls = import_chgnet()
@@ -302,8 +316,10 @@ class CHGNetBackbone(Backbone):
             raise ValueError(
                 f"weights must be a version name, a file path or None, got {weights!r}"
             )
+        if arch is not None and not isinstance(arch, dict):
+            raise ValueError(f"arch must be a dict of CHGNet arguments or None, got {arch!r}")
         state = None
-        args = dict(CHGNET_030_ARGS)
+        args = {**CHGNET_030_ARGS, **(arch or {})}
         if weights is not None:
             path = (
                 Path(weights).expanduser()
@@ -316,17 +332,16 @@ class CHGNetBackbone(Backbone):
                     "nor an existing file"
                 )
             args, state = _read_chgnet_file(path)
-            self.weights_file = str(path)
-        else:
-            self.weights_file = ""
-        args["composition_model"] = None
-        for key in ("version",):
+            initialized_from = weights
+        for key in ("composition_model", "version"):
             args.pop(key, None)
-        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
-            net = chgnet_cls(**args)
         n_conv = int(args.get("n_conv", 4))
         if n_conv < 2:
-            raise ValueError(f"CHGNet weights with n_conv={n_conv} are not supported (need >= 2)")
+            raise ValueError(f"CHGNet with n_conv={n_conv} is not supported (need >= 2)")
+        if not args.get("update_bond", True):
+            raise ValueError("CHGNet with update_bond=False is not supported")
+        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
+            net = chgnet_cls(**args, composition_model=None)
         if state is not None:
             state = {k: v for k, v in state.items() if not k.startswith("composition_model.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
@@ -335,12 +350,12 @@ class CHGNetBackbone(Backbone):
                     f"CHGNet weights {weights!r} do not match the architecture: missing "
                     f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
                 )
-        if not args.get("update_bond", True):
-            raise ValueError("CHGNet weights with update_bond=False are not supported")
         self.config = {
-            "weights": weights,
+            "weights": None,
             "readout_norm": bool(readout_norm),
             "topology_cache": int(topology_cache),
+            "arch": {k: v for k, v in args.items() if CHGNET_030_ARGS.get(k, object()) != v},
+            "initialized_from": initialized_from,
         }
         self.n_conv = n_conv
         self.atom_graph_cutoff = float(args.get("atom_graph_cutoff", 6))
@@ -642,3 +657,47 @@ class CachedBackbone(Backbone):
                 f"graph has no cached features {self.key!r}; call attach_features first"
             )
         return {K.NODE_FEATURES: data[self.key]}
+
+
+# --------------------------------------------------------------------------------------
+# a matxfer checkpoint of the pretrained backbone
+# --------------------------------------------------------------------------------------
+
+
+def export_chgnet_checkpoint(
+    out: str | Path, weights: str = "0.3.0", readout_norm: bool = True
+) -> Path:
+    """Write the pretrained CHGNet backbone as a matxfer checkpoint without heads.
+
+    The checkpoint is a parent for every transfer recipe (``transfer.init_from`` of a run,
+    or ``pretrain: {name: {checkpoint: ...}}`` of a study): ``head`` trains a new head on the
+    frozen backbone, ``full`` fine-tunes everything, ``freeze:k`` freezes the embedding and
+    the first k interaction blocks, ``scratch`` reuses the architecture with random weights.
+
+    Args:
+        out: checkpoint path to write.
+        weights: ``"0.3.0"`` or a CHGNet ``.pth.tar`` file.
+        readout_norm: keep CHGNet's read-out layer norm on the features.
+
+    Returns:
+        The written path.
+    """
+    from matxfer.checkpoint import build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
+    from matxfer.data.graphs import GraphSettings
+    from matxfer.models.base import PropertyModel
+
+    backbone = CHGNetBackbone(weights=weights, readout_norm=readout_norm)
+    source = Path(weights) if weights not in WEIGHT_FILES else chgnet_weights_path(weights)
+    model = PropertyModel(backbone, nn.ModuleDict(), nn.ModuleDict(), {})
+    graph = GraphSettings(**CHGNetBackbone.graph_defaults).to_dict()
+    provenance = {
+        "source": "CHGNet pretrained weights",
+        "source_file": source.name,
+        "source_sha256": file_sha256(source),
+        "recipe": "import",
+        "command": f"matxfer import-chgnet --weights {weights}",
+    }
+    ckpt = build_checkpoint(model, {}, graph, None, split=None, provenance=provenance)
+    written = save_checkpoint(ckpt, out)
+    load_checkpoint(written)
+    return written

@@ -1,4 +1,4 @@
-"""``matxfer import-cgcnn``: convert an original CGCNN checkpoint into a matxfer checkpoint.
+"""``matxfer import-cgcnn`` and ``matxfer import-chgnet``: third-party weights as matxfer checkpoints.
 
 Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet``
 backbone (its dependency is imported only when one is built).
@@ -56,6 +56,35 @@ def _run_import(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=1))
     return 0
 
+
+def _add_chgnet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="0.3.0", help="CHGNet version (0.3.0) or a .pth.tar file")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="matxfer checkpoint to write (e.g. runs/imported/chgnet-0.3.0.ckpt)",
+    )
+    p.add_argument(
+        "--no-readout-norm",
+        action="store_true",
+        help="return the last interaction block's features without CHGNet's read-out layer norm",
+    )
+
+
+def _run_chgnet(args: argparse.Namespace) -> int:
+    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+
+    out = export_chgnet_checkpoint(args.out, args.weights, readout_norm=not args.no_readout_norm)
+    print(json.dumps({"checkpoint": str(out)}, indent=1))
+    return 0
+
+
+register_command(
+    "import-chgnet",
+    "write the pretrained CHGNet backbone as a matxfer checkpoint (a parent for transfer recipes)",
+    _add_chgnet_arguments,
+    _run_chgnet,
+)
 
 register_command(
     "import-cgcnn",
