@@ -26,27 +26,31 @@ from matxfer.transfer import freeze, set_frozen_eval
 
 torch.set_num_threads(1)
 
-chgnet = pytest.importorskip(
-    "chgnet", reason="chgnet is not installed (pip install matxfer[chgnet])"
-)
+
+@pytest.fixture(scope="module")
+def chgnet_installed():
+    """Skip a test that needs the optional chgnet package when it is missing."""
+    return pytest.importorskip(
+        "chgnet", reason="chgnet is not installed (pip install matxfer[chgnet])"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _edge_heads():
-    """Register the edge tensor heads (their module may not be imported by the registry yet)."""
+    """Register the edge tensor heads (in case the registry has not imported their module)."""
     if "edge-tensor" not in HEADS:
         pytest.importorskip("matxfer.models.heads.edge_tensor")
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone(chgnet_installed):
     bb = CHGNetBackbone()
     bb.eval()
     return bb
 
 
 @pytest.fixture(scope="module")
-def backbone64():
+def backbone64(chgnet_installed):
     bb = CHGNetBackbone().double()
     bb.eval()
     return bb
@@ -168,7 +172,7 @@ class _Model(torch.nn.Module):
         return self.heads["t"](self.backbone(data), data)
 
 
-def test_frozen_backbone_bit_identical_after_head_step(si, batio3):
+def test_frozen_backbone_bit_identical_after_head_step(chgnet_installed, si, batio3):
     torch.manual_seed(0)
     bb = CHGNetBackbone()
     head = build_head(
@@ -237,7 +241,7 @@ def test_random_init_and_state_round_trip(backbone, si):
     assert torch.equal(a, c)
 
 
-def test_bad_options():
+def test_bad_options(chgnet_installed):
     with pytest.raises(ValueError, match="nor an existing file"):
         CHGNetBackbone(weights="9.9.9")
     with pytest.raises(ValueError, match="topology_cache"):
@@ -290,7 +294,7 @@ def test_config_records_architecture_not_weights(backbone, si):
 
 
 @pytest.mark.parametrize("recipe", ["scratch", "head", "full", "freeze:2"])
-def test_every_recipe_from_exported_checkpoint(tmp_path_factory, recipe):
+def test_every_recipe_from_exported_checkpoint(chgnet_installed, tmp_path_factory, recipe):
     """``matxfer import-chgnet`` writes a parent checkpoint every transfer recipe accepts."""
     from matxfer.checkpoint import load_checkpoint
     from matxfer.config import config_from_dict
