@@ -13,7 +13,8 @@ atom graph within 6 A, bond graph of the bonds shorter than 3 A, angles between 
 CHGNet's graph converter, from a detached copy of the coordinates. The converter only
 decides *which* atoms, images and bond pairs are connected; every bond vector, length and
 angle is then recomputed here from ``pos`` and ``cell``, so the features are differentiable
-with respect to both (forces and stresses of a head can be taken by autograd). The edges
+with respect to both (e.g. forces of a head by autograd; a stress needs ``pos`` and ``cell``
+strained together, as CHGNet does). The edges
 stored in the matxfer graph are not used by the backbone; they are there for heads that
 need them (e.g. ``edge-tensor``), and their cutoff is set by ``graph_defaults``. The
 topology of recently seen structures is kept in a small least-recently-used cache (the
