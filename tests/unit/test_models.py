@@ -30,7 +30,7 @@ TINY = {
     "cgcnn": {"width": 16, "n_conv": 2},
     "cgcnn-attention": {"width": 16, "n_conv": 2},
     "equivariant": {
-        "hidden_irreps": "4x0e+4x0o+2x1o+2x1e+2x2e+2x2o+1x3o+1x3e+1x4e+1x4o",
+        "hidden_irreps": "4x0e+4x0o+2x1o+2x1e+2x2e+2x2o+1x3o+1x3e+1x4e",
         "n_layers": 2,
         "radial_hidden": [16],
     },

@@ -23,9 +23,19 @@ The hidden irreps carry both parities, because the piezoelectric tensor contains
 which even-parity features cannot produce. Node features of irreps :attr:`out_spec` are
 returned; pooling and the map to targets live in the heads.
 
-Speed: only tensor-product paths whose output irrep is in the hidden irreps are built, and
-``max_path_l`` (optional) drops paths whose three ``l`` sum above a bound; see
-``benchmarks/train_throughput.py`` for measured throughput.
+Speed (the edge tensor product is nearly all of the cost, and on CPU it is bound by memory
+traffic, proportional to ``sum over paths of mul * (2 l1 + 1) * (2 l3 + 1)`` per edge):
+
+- the tensor product is computed by :class:`EdgeTensorProduct`, numerically identical to
+  e3nn's ``TensorProduct`` with the same ``uvu`` instructions but grouped per input block
+  (e3nn's per-path code spends most of its time slicing; this is ~3x faster here);
+- only paths whose output irrep is in the hidden irreps are built, and by default
+  (``sh_l_nonscalar=2``, ``max_path_l=7``) non-scalar channels meet harmonics of degree
+  <= 2 with ``l1 + l2 + l3 <= 7``; scalar channels meet every degree up to ``l_max`` (that
+  is how ``l = 3, 4`` features arise) and every irrep keeps its ``l2 = 0`` neighbour sum.
+  ``max_path_l=None, sh_l_nonscalar=None`` keeps every path (about 2x slower).
+
+``benchmarks/train_throughput.py`` measures the throughput.
 """
 
 from __future__ import annotations
@@ -45,14 +55,15 @@ from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
-#: default hidden irreps: both parities up to l = 4, lean enough for a 2-core CPU
-DEFAULT_HIDDEN_IRREPS = "16x0e+16x0o+8x1o+8x1e+4x2e+4x2o+2x3o+2x3e+2x4e+2x4o"
+#: default hidden irreps: both parities for l <= 3 (piezo needs 1o, 2o, 3o) and 4e (elastic);
+#: 4o is left out: no target has it and the default paths would reach it only in a 4th layer
+DEFAULT_HIDDEN_IRREPS = "16x0e+16x0o+8x1o+8x1e+4x2e+4x2o+2x3o+2x3e+2x4e"
 
 #: mean number of neighbours within 5 A over MP elastic structures (measured: 34.3)
 DEFAULT_AVG_NUM_NEIGHBORS = 34.0
 
 #: default tensor-product path selection (see :class:`EdgeTensorProduct`)
-DEFAULT_MAX_PATH_L = 8
+DEFAULT_MAX_PATH_L = 7
 DEFAULT_SH_L_NONSCALAR = 2
 
 
@@ -114,6 +125,17 @@ class Gate(nn.Module):
         return torch.cat([s, v * g.index_select(-1, self.gate_index)], dim=-1)
 
 
+def _keep_path(l1: int, l2: int, l3: int, max_path_l: int | None, sh_l_nonscalar: int) -> bool:
+    """Path selection: always keep scalar inputs (``l1 = 0``) and plain neighbour sums
+    (``l2 = 0``); otherwise require ``l2 <= sh_l_nonscalar`` and ``l1 + l2 + l3 <= max_path_l``.
+    """
+    if l1 == 0 or l2 == 0:
+        return True
+    if l2 > sh_l_nonscalar:
+        return False
+    return max_path_l is None or l1 + l2 + l3 <= max_path_l
+
+
 class EdgeTensorProduct(nn.Module):
     """``uvu`` tensor product of neighbour irreps with edge harmonics, summed over neighbours.
 
@@ -136,8 +158,9 @@ class EdgeTensorProduct(nn.Module):
         l_max_sh: highest harmonic degree.
         wanted: output irreps to produce.
         max_path_l: drop paths of non-scalar inputs (``l1 > 0``) with ``l1 + l2 + l3``
-            above this (``None``: keep all). Paths of scalar inputs are always kept: they
-            are cheap and the only way harmonics of every degree enter.
+            above this (``None``: keep all). Paths of scalar inputs are always kept (they
+            are cheap and the only way harmonics of every degree enter), and so are the
+            ``l2 = 0`` paths (a radial-weighted neighbour sum of every irrep).
         sh_l_nonscalar: highest harmonic degree ``l2`` combined with non-scalar inputs
             (``None``: ``l_max_sh``).
     """
@@ -173,9 +196,7 @@ class EdgeTensorProduct(nn.Module):
                 for l3 in range(abs(l1 - l2), l1 + l2 + 1):
                     if o3.Irrep(l3, ir_in.p * (-1) ** l2) not in wanted:
                         continue
-                    if l1 > 0 and l2 > sh_l_nonscalar:
-                        continue
-                    if l1 > 0 and max_path_l is not None and l1 + l2 + l3 > max_path_l:
+                    if not _keep_path(l1, l2, l3, max_path_l, sh_l_nonscalar):
                         continue
                     by_l3.setdefault(l3, []).append(l2)
             x_slice = (x_offset, x_offset + mul * a)
