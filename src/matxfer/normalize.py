@@ -142,9 +142,10 @@ class IrrepsNormalizer(nn.Module):
         A tensor without the formula's symmetry is projected onto it (symmetrised).
         """
         if tuple(t.shape[-self.rank :]) != (3,) * self.rank:
+            dims = ", ".join(["3"] * self.rank)
             raise ValueError(
-                f"expected a rank-{self.rank} Cartesian tensor [..., {', '.join(['3'] * self.rank)}]"
-                f" for {self.formula!r}, got shape {tuple(t.shape)}"
+                f"expected a rank-{self.rank} Cartesian tensor [..., {dims}] for "
+                f"{self.formula!r}, got shape {tuple(t.shape)}"
             )
         flat = t.reshape(*t.shape[: t.dim() - self.rank], 3**self.rank)
         return flat @ self.Q.to(t.dtype).T
@@ -152,14 +153,17 @@ class IrrepsNormalizer(nn.Module):
     def to_cartesian(self, x: Tensor) -> Tensor:
         """Irreps ``[..., dim]`` -> Cartesian ``[..., 3, ..., 3]``."""
         if x.shape[-1] != self.dim:
-            raise ValueError(f"expected irreps of size {self.dim} for {self.formula!r}, got {x.shape}")
+            raise ValueError(
+                f"expected irreps of size {self.dim} for {self.formula!r}, got {tuple(x.shape)}"
+            )
         return (x @ self.Q.to(x.dtype)).reshape(*x.shape[:-1], *([3] * self.rank))
 
     @torch.no_grad()
     def fit(self, cartesian: Tensor) -> IrrepsNormalizer:
         """Fit block means (``l = 0``) and block scales on ``[N, 3, ..., 3]`` tensors."""
         t = torch.as_tensor(cartesian).detach().to(torch.float64)
-        if t.dim() < self.rank + 1 or t.shape[0] == 0:
+        bad_shape = t.dim() < self.rank + 1 or tuple(t.shape[-self.rank :]) != (3,) * self.rank
+        if bad_shape or t.shape[0] == 0:
             raise ValueError(
                 f"fit needs [N, {', '.join(['3'] * self.rank)}] tensors with N >= 1, "
                 f"got shape {tuple(t.shape)}"

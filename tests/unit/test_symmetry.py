@@ -8,7 +8,8 @@ them and checks, on predictions in physical units (Cartesian tensors):
   transform per atom; piezoelectric tensors flip sign under the inversion;
 - translations and atom permutations;
 - a 2x1x1 supercell leaves intensive (mean-pooled) outputs unchanged (BatchNorm in eval mode);
-- index symmetries of the outputs (``C_ijkl = C_jikl = C_klij``, ``e_ijk = e_ikj``, ``eps_ij = eps_ji``);
+- index symmetries of the outputs (``C_ijkl = C_jikl = C_klij``, ``e_ijk = e_ikj``,
+  ``eps_ij = eps_ji``);
 - centrosymmetric crystals get an exactly zero piezoelectric tensor (<= 1e-10);
 - predicted tensors obey the point group of real low-symmetry crystals.
 """
@@ -303,13 +304,16 @@ def test_centrosymmetric_zero_piezo(models, f64, nacl, zno, make):
 @pytest.mark.parametrize("bb,task", TENSOR_COMBOS + [c for c in COMBOS if c[1] == K.BORN_CHARGES])
 @pytest.mark.parametrize("which", ["wurtzite-ZnO", "tetragonal-BaTiO3", "orthorhombic"])
 def test_point_group(models, f64, batio3, bb, task, which):
-    s = {"wurtzite-ZnO": _wurtzite(), "tetragonal-BaTiO3": batio3, "orthorhombic": _orthorhombic()}[
-        which
-    ]
+    structures = {
+        "wurtzite-ZnO": _wurtzite(),
+        "tetragonal-BaTiO3": batio3,
+        "orthorhombic": _orthorhombic(),
+    }
+    s = structures[which]
     sga = SpacegroupAnalyzer(s, symprec=1e-3)
     ops = sga.get_symmetry_operations(cartesian=True)
-    assert sga.get_point_group_symbol() == {"wurtzite-ZnO": "6mm", "tetragonal-BaTiO3": "4mm",
-                                            "orthorhombic": "mm2"}[which]
+    expected_group = {"wurtzite-ZnO": "6mm", "tetragonal-BaTiO3": "4mm", "orthorhombic": "mm2"}
+    assert sga.get_point_group_symbol() == expected_group[which]
     pred = _predict(models[bb], [_graph(bb, s)])[task]
     scale = max(1.0, float(pred.abs().max()))
     if task == K.BORN_CHARGES:

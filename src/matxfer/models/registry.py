@@ -138,12 +138,15 @@ def _head_for_task(task_name: str, cfg: dict, task) -> dict:
         raise ValueError(f"head config of task {task_name!r} must be a dict, got {cfg!r}")
     cls = HEADS.get(cfg.get("name"))
     if cls is None:
-        raise ValueError(f"unknown head {cfg.get('name')!r} for task {task_name!r}; valid: {sorted(HEADS)}")
+        raise ValueError(
+            f"unknown head {cfg.get('name')!r} for task {task_name!r}; valid: {sorted(HEADS)}"
+        )
     kind = _task_field(task, "kind", "scalar")
     kinds = getattr(cls, "task_kinds", None)
     if kinds is not None and kind not in kinds:
         raise ValueError(
-            f"head {cfg['name']!r} predicts {list(kinds)} targets but task {task_name!r} is {kind!r}"
+            f"head {cfg['name']!r} predicts {list(kinds)} targets but task {task_name!r} "
+            f"is {kind!r}"
         )
     formula = _task_field(task, "formula")
     takes_formula = "formula" in inspect.signature(cls.__init__).parameters

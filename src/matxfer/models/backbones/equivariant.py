@@ -112,17 +112,42 @@ class Gate(nn.Module):
         self.gate_scale = second_moment_scale("sigmoid")
         # gate index of every gated component
         repeat = [ir.dim for mul, ir in gated for _ in range(mul)]
-        index = torch.repeat_interleave(torch.arange(len(repeat)), torch.tensor(repeat, dtype=torch.long))
+        index = torch.repeat_interleave(
+            torch.arange(len(repeat)), torch.tensor(repeat, dtype=torch.long)
+        )
         self.register_buffer("gate_index", index, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., irreps_in.dim]`` -> ``[..., irreps_out.dim]``."""
-        s, g, v = x.split([self.n_scalars, self.n_gates, x.shape[-1] - self.n_scalars - self.n_gates], -1)
+        n_v = x.shape[-1] - self.n_scalars - self.n_gates
+        s, g, v = x.split([self.n_scalars, self.n_gates, n_v], dim=-1)
         s = torch.where(self.odd, torch.tanh(s), F.silu(s)) * self.scalar_scale.to(x.dtype)
         if self.n_gates == 0:
             return s
         g = torch.sigmoid(g) * self.gate_scale
         return torch.cat([s, v * g.index_select(-1, self.gate_index)], dim=-1)
+
+
+@torch.no_grad()
+def reset_e3nn_parameters(module: nn.Module) -> int:
+    """Re-draw the weights of the e3nn layers inside ``module`` as e3nn initialises them.
+
+    e3nn's ``o3.Linear`` and ``FullyConnectedNet`` layers have no ``reset_parameters``;
+    their weights are standard normal (the normalisation is applied in ``forward``) and
+    ``o3.Linear`` biases start at zero. Returns the number of layers reset.
+    """
+    n = 0
+    for m in module.modules():
+        if isinstance(m, o3.Linear):
+            if m.weight.numel():
+                m.weight.normal_()
+            if getattr(m, "bias", None) is not None and m.bias.numel():
+                m.bias.zero_()
+            n += 1
+        elif type(m).__name__ == "_Layer" and isinstance(getattr(m, "weight", None), nn.Parameter):
+            m.weight.normal_()  # a FullyConnectedNet layer
+            n += 1
+    return n
 
 
 def _keep_path(l1: int, l2: int, l3: int, max_path_l: int | None, sh_l_nonscalar: int) -> bool:
@@ -386,6 +411,10 @@ class Interaction(nn.Module):
         self.linear_out = o3.Linear(self.tp.irreps_out, irreps_gate_in)
         self.self_connection = o3.Linear(irreps_in, irreps_gate_in)
         self.residual = bool(residual) and irreps_in == self.irreps_out
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every weight of the layer (e3nn layers included)."""
+        reset_e3nn_parameters(self)
 
     def forward(
         self,

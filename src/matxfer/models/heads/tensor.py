@@ -16,7 +16,7 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
-from matxfer.models.backbones.equivariant import Gate
+from matxfer.models.backbones.equivariant import Gate, reset_e3nn_parameters
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.normalize import cartesian_basis, formula_rank
@@ -64,6 +64,10 @@ class IrrepsMap(nn.Module):
                 f"backbone irreps {irreps_in} lack {missing} needed for the target irreps "
                 f"{irreps_out} (an equivariant map cannot create them)"
             )
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the e3nn weights (they have no ``reset_parameters`` of their own)."""
+        reset_e3nn_parameters(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., irreps_in.dim]`` -> ``[..., irreps_out.dim]``."""
