@@ -76,7 +76,7 @@ def _maxrss_mb() -> float:
 
 
 def _rss_mb() -> float:
-    """Current resident set size (Linux ``/proc/self/statm``)."""
+    """Return the current resident set size (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -108,7 +108,7 @@ class PeakRSS:
 
 
 def load_structures(n: int):
-    """The first ``n`` structures of the data file (file order) and the file path."""
+    """Load the first ``n`` structures of the data file (file order) and the file path."""
     from pymatgen.core import Structure
 
     from matxfer.paths import data_dir
@@ -123,6 +123,7 @@ def load_structures(n: int):
 
 
 def build_graphs(structures, backbone_name: str):
+    """Graphs of ``structures`` with the backbone's graph defaults, and the seconds taken."""
     from matxfer.data.graphs import GraphSettings, structure_to_graph
     from matxfer.models.registry import BACKBONES
 
@@ -142,7 +143,7 @@ def _task(name: str):
 
 
 def _targets(model, batch) -> dict:
-    """Fixed synthetic normalised targets of each head's output shape."""
+    """Draw fixed synthetic normalised targets of each head's output shape."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -237,6 +238,7 @@ def run_case(name: str, graph_file: str, n_structures: int, repeats: int, queue)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the cases, write the JSON report and return it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=512, help="structures per pass")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per mode")
@@ -269,9 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.save(graphs, files[bb])
                 graph_info[bb] = {"settings": settings.to_dict(), "build_s": round(secs, 2)}
             queue = ctx.Queue()
-            proc = ctx.Process(
-                target=run_case, args=(name, files[bb], args.n, args.repeats, queue)
-            )
+            proc = ctx.Process(target=run_case, args=(name, files[bb], args.n, args.repeats, queue))
             proc.start()
             got, res = queue.get()
             proc.join()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 _BASIS_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _basis(formula: str) -> tuple[str, Tensor]:
     from e3nn.io import CartesianTensor
 
@@ -63,7 +63,7 @@ def cartesian_basis(formula: str) -> tuple[o3.Irreps, Tensor]:
 
 
 def formula_rank(formula: str) -> int:
-    """Number of indices of a formula (``"ijk=ikj"`` -> 3)."""
+    """Return the number of indices of a formula (``"ijk=ikj"`` -> 3)."""
     return len(formula.split("=")[0])
 
 
@@ -107,6 +107,7 @@ class ScalarNormalizer(nn.Module):
         return y * self.std.to(y.dtype) + self.mean.to(y.dtype)
 
     def extra_repr(self) -> str:
+        """Show the fitted mean and std."""
         return f"mean={float(self.mean):.6g}, std={float(self.std):.6g}"
 
 
@@ -134,6 +135,7 @@ class IrrepsNormalizer(nn.Module):
 
     @property
     def dim(self) -> int:
+        """Size of the irreps vector."""
         return self.irreps.dim
 
     def from_cartesian(self, t: Tensor) -> Tensor:
@@ -208,4 +210,5 @@ class IrrepsNormalizer(nn.Module):
         return x * self.scale.to(x.dtype) + self.mean.to(x.dtype)
 
     def extra_repr(self) -> str:
+        """Show the formula and irreps."""
         return f"formula={self.formula!r}, irreps={self.irreps}"

@@ -618,8 +618,8 @@ def test_cgcnn_reproduces_the_original_code():
         pytest.skip(f"{ref_file} not available")
     ckpt = torch.load(root / "band-gap.pth.tar", map_location="cpu", weights_only=True)
     sd = ckpt["state_dict"]
-    table = {int(k): np.asarray(v, dtype=float) for k, v in json.loads(
-        (root / "atom_init.json").read_text()).items()}
+    raw_table = json.loads((root / "atom_init.json").read_text())
+    table = {int(k): np.asarray(v, dtype=float) for k, v in raw_table.items()}
     bb = build_backbone({"name": "cgcnn", "n_conv": 4, "atom_features": "cgcnn"})
     bb.load_state_dict(
         {k: v for k, v in sd.items() if not k.startswith(("conv_to_fc", "fc_out"))}, strict=True
@@ -648,7 +648,8 @@ def test_cgcnn_reproduces_the_original_code():
         dists = [sorted(n.nn_distance for n in site) for site in nbrs]
         if any(len(d) <= 12 or d[12] - d[11] < 1e-4 for d in dists):
             continue
-        g = structure_to_graph(s, settings, atom_features=np.stack([table[z] for z in s.atomic_numbers]))
+        x = np.stack([table[z] for z in s.atomic_numbers])
+        g = structure_to_graph(s, settings, atom_features=x)
         batch = next(iter(DataLoader([g], batch_size=1)))
         with torch.no_grad():
             pred = float(head(bb(batch), batch)[0]) * std + mean

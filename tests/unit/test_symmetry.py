@@ -288,7 +288,8 @@ def test_index_symmetries(models, f64, skewed, zno, bb, task):
 
 
 @pytest.mark.parametrize(
-    "make", [lambda nacl: nacl, lambda nacl: _srtio3(), lambda nacl: _distorted_centrosymmetric()],
+    "make",
+    [lambda nacl: nacl, lambda nacl: _srtio3(), lambda nacl: _distorted_centrosymmetric()],
     ids=["rocksalt-NaCl", "cubic-SrTiO3", "triclinic-P-1"],
 )
 def test_centrosymmetric_zero_piezo(models, f64, nacl, zno, make):

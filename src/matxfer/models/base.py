@@ -46,7 +46,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def embed(self, data) -> Tensor:
-        """Initial atom features: ``self.embedding`` of ``z`` or of tabulated ``x``.
+        """Embed atoms: ``self.embedding`` of ``z`` or of tabulated ``x``.
 
         Args:
             data: graph with ``z [n]`` and, for a linear embedding, ``x [n, F]``.

@@ -120,7 +120,7 @@ def _task_field(task, field: str, default=None):
 
 
 def build_normalizer(task) -> nn.Module:
-    """The normaliser of a task: scalar (kind ``scalar``) or irreps (tensor kinds)."""
+    """Build the normaliser of a task: scalar (kind ``scalar``) or irreps (tensor kinds)."""
     from matxfer.normalize import IrrepsNormalizer, ScalarNormalizer
 
     kind = _task_field(task, "kind", "scalar")

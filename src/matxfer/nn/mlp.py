@@ -12,6 +12,7 @@ class ShiftedSoftplus(nn.Module):
     """``softplus(x) - log 2`` (zero at zero)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """Elementwise ``[...]`` -> ``[...]``."""
         return F.softplus(x) - math.log(2.0)
 
 
@@ -30,7 +31,7 @@ ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
 
 
 def activation(name: str) -> nn.Module:
-    """A fresh activation module by name (``silu``, ``softplus``, ``ssp``, ``relu``, ...)."""
+    """Return a fresh activation module by name (``silu``, ``softplus``, ``ssp``, ``relu``, ...)."""
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; valid: {list(ACTIVATIONS)}")
     return _ACTIVATIONS[name]()

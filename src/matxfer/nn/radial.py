@@ -39,6 +39,7 @@ class GaussianBasis(nn.Module):
 
     @property
     def num_basis(self) -> int:
+        """Number of Gaussians (41 for the defaults)."""
         return int(self.centres.numel())
 
     def forward(self, d: Tensor) -> Tensor:

@@ -70,7 +70,7 @@ DEFAULT_SH_L_NONSCALAR = 2
 _ACTS = {"silu": F.silu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def second_moment_scale(act: str) -> float:
     """``1 / sqrt(E[act(z)^2])`` for ``z ~ N(0, 1)`` (Gauss-Hermite quadrature, cached)."""
     x, w = np.polynomial.hermite_e.hermegauss(120)
@@ -151,8 +151,10 @@ def reset_e3nn_parameters(module: nn.Module) -> int:
 
 
 def _keep_path(l1: int, l2: int, l3: int, max_path_l: int | None, sh_l_nonscalar: int) -> bool:
-    """Path selection: always keep scalar inputs (``l1 = 0``) and plain neighbour sums
-    (``l2 = 0``); otherwise require ``l2 <= sh_l_nonscalar`` and ``l1 + l2 + l3 <= max_path_l``.
+    """Whether the path ``l1 x l2 -> l3`` is built.
+
+    Scalar inputs (``l1 = 0``) and plain neighbour sums (``l2 = 0``) are always kept;
+    other paths need ``l2 <= sh_l_nonscalar`` and ``l1 + l2 + l3 <= max_path_l``.
     """
     if l1 == 0 or l2 == 0:
         return True

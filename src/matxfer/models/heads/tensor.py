@@ -19,8 +19,8 @@ from matxfer import keys as K
 from matxfer.models.backbones.equivariant import Gate, reset_e3nn_parameters
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
-from matxfer.normalize import cartesian_basis, formula_rank
 from matxfer.nn.pooling import check_reduce, graph_index, pool
+from matxfer.normalize import cartesian_basis, formula_rank
 
 #: formulas of per-crystal tensor targets (dielectric, piezoelectric, elastic)
 TENSOR_FORMULAS = ("ij=ji", "ijk=ikj", "ijkl=jikl=klij")
