@@ -136,7 +136,7 @@ def test_frames_are_right_handed_orthonormal(generic):
     torch.testing.assert_close(fr.rot @ fr.rot.transpose(-1, -2), eye)
     torch.testing.assert_close(torch.linalg.det(fr.rot), torch.ones(fr.rot.shape[:2], dtype=torch.float64))
     # frame 1 of every atom: e1 along the nearest neighbour, e2 in the plane of the 2nd
-    order, rank = rank_neighbors(vec.norm(dim=-1), dst, g.z[src], g.num_nodes)
+    order, _ = rank_neighbors(vec.norm(dim=-1), dst, g.z[src], g.num_nodes)
     for i in range(g.num_nodes):
         mine = order[dst[order] == i]
         r1, r2 = vec[mine[0]], vec[mine[1]]
