@@ -11,7 +11,6 @@ from pymatgen.core import Lattice, Structure
 from torch import nn
 from torch_geometric.data import Batch
 
-from matxfer import keys as K
 from matxfer.data.emt import (
     EMT_DATASET,
     EMT_FILE,
