@@ -69,7 +69,7 @@ Limits
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from e3nn import o3
@@ -310,12 +310,50 @@ class FrameEmbedding(nn.Module):
         y = torch.where(frames.valid[dst].unsqueeze(-1), y, y0)  # fallback: l = 0 only
         radial = self.radial(self.rbf(dist)).view(E, self.width, self.n_sh)
         pre = torch.einsum("etc,efc->etf", y, radial) + self.bias
-        out = self.out(self.act(pre))
+        hidden = self.act(pre).sum(dim=1)
         if self.parity_invariant:
             pre_m = torch.einsum("etc,efc->etf", y * self.flip.to(y.dtype), radial) + self.bias
-            out = 0.5 * (out + self.out(self.act(pre_m)))
-        s = out.sum(dim=1) / t
+            hidden = 0.5 * (hidden + self.act(pre_m).sum(dim=1))
+        # the output layer is linear, so it is applied once to the frame average
+        s = self.out(hidden / t)
         return s * self.envelope(dist).unsqueeze(-1)
+
+
+class EdgeMLP(nn.Module):
+    """``MLP([x_ij, h_i, h_j])`` with one hidden layer, computed without the concatenation.
+
+    The first layer ``W [x, h_i, h_j] + b`` is split into ``W_x x_ij + (W_i h)_i + (W_j h)_j
+    + b``: the atom projections are computed once per atom instead of once per edge.
+
+    Args:
+        in_dim: width of the edge input ``x_ij``.
+        width: width of the atom features, the hidden layer and the output.
+        act: activation name.
+    """
+
+    def __init__(self, in_dim: int, width: int, act: str):
+        super().__init__()
+        self.edge = nn.Linear(in_dim, width)
+        self.centre = nn.Linear(width, width, bias=False)
+        self.neighbor = nn.Linear(width, width, bias=False)
+        self.act = activation(act)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, h: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        """Apply the MLP to every edge.
+
+        Args:
+            x: ``[E, in_dim]`` edge inputs.
+            h: ``[n, F]`` atom features.
+            src: ``[E]`` neighbour ``j``.
+            dst: ``[E]`` centre ``i``.
+
+        Returns:
+            ``[E, F]``.
+        """
+        pre = self.edge(x) + self.centre(h).index_select(0, dst)
+        pre = pre + self.neighbor(h).index_select(0, src)
+        return self.out(self.act(pre))
 
 
 class LocalFrameLayer(nn.Module):
@@ -329,7 +367,7 @@ class LocalFrameLayer(nn.Module):
 
     def __init__(self, width: int, act: str, avg_neighbors: float):
         super().__init__()
-        self.edge_mlp = MLP(3 * width, [width], width, act)
+        self.edge_mlp = EdgeMLP(width, width, act)
         self.geometry = nn.Linear(width, width, bias=False)
         self.atom_mlp = MLP(2 * width, [width], width, act)
         self.avg_neighbors = float(avg_neighbors)
@@ -350,8 +388,7 @@ class LocalFrameLayer(nn.Module):
         Returns:
             ``(h [n, F], m [E, F])``.
         """
-        hi, hj = h.index_select(0, dst), h.index_select(0, src)
-        m = m + self.edge_mlp(torch.cat([m, hi, hj], dim=-1)) * self.geometry(s)
+        m = m + self.edge_mlp(m, h, src, dst) * self.geometry(s)
         agg = h.new_zeros(h.shape).index_add_(0, dst, m * env.unsqueeze(-1))
         h = h + self.atom_mlp(torch.cat([h, agg / self.avg_neighbors], dim=-1))
         return h, m
@@ -382,7 +419,7 @@ class LocalFrameBackbone(Backbone):
         atom_features: ``"none"`` or a tabulated feature name (see CGCNN).
     """
 
-    graph_defaults = {"cutoff": 6.0, "max_neighbors": None}
+    graph_defaults: ClassVar[dict[str, Any]] = {"cutoff": 6.0, "max_neighbors": None}
     equivariant = False
 
     def __init__(
@@ -458,7 +495,7 @@ class LocalFrameBackbone(Backbone):
                 "frames": FrameEmbedding(
                     width, num_radial, l_max, cutoff, act, parity_invariant, envelope_p
                 ),
-                "message": MLP(3 * width, [width], width, act),
+                "message": EdgeMLP(width, width, act),
             }
         )
         self.layers = nn.ModuleList(
@@ -472,19 +509,29 @@ class LocalFrameBackbone(Backbone):
         """``["embedding", "edge_embedding", "layers.0", ..., "layers.{n-1}"]``."""
         return ["embedding", "edge_embedding"] + [f"layers.{k}" for k in range(len(self.layers))]
 
-    def frames(self, data) -> Frames:
-        """Frames of every atom of a (batched) graph (``[n, t, 3, 3]``, see :func:`build_frames`)."""
+    def frames(self, data, edge_vec: Tensor | None = None) -> Frames:
+        """Frames of every atom of a (batched) graph (see :func:`build_frames`).
+
+        Args:
+            data: the graph.
+            edge_vec: ``[E, 3]`` edge vectors if already computed.
+
+        Returns:
+            :class:`Frames` with ``rot [n, t, 3, 3]`` and ``valid [n, t]``.
+        """
         src, dst = data[K.EDGE_INDEX]
-        z = data[K.ATOMIC_NUMBERS] if K.ATOMIC_NUMBERS in data else None
+        vec = edge_vectors(data) if edge_vec is None else edge_vec
+        z_src = data[K.ATOMIC_NUMBERS][src] if K.ATOMIC_NUMBERS in data else None
+        cfg = self.config
         return build_frames(
-            edge_vectors(data),
+            vec,
             dst,
             int(data[K.POSITIONS].shape[0]),
-            self.config["n_frames"],
-            self.config["frame_neighbors"],
-            self.config["collinear_tol"],
-            None if z is None else z[src],
-            self.config["tie_tol"],
+            cfg["n_frames"],
+            cfg["frame_neighbors"],
+            cfg["collinear_tol"],
+            z_src,
+            cfg["tie_tol"],
         )
 
     def forward(self, data) -> dict[str, Tensor]:
@@ -502,18 +549,7 @@ class LocalFrameBackbone(Backbone):
         src, dst = data[K.EDGE_INDEX]
         vec = edge_vectors(data)
         dist = vec.norm(dim=-1)
-        z = data[K.ATOMIC_NUMBERS] if K.ATOMIC_NUMBERS in data else None
-        cfg = self.config
-        frames = build_frames(
-            vec,
-            dst,
-            h.shape[0],
-            cfg["n_frames"],
-            cfg["frame_neighbors"],
-            cfg["collinear_tol"],
-            None if z is None else z[src],
-            cfg["tie_tol"],
-        )
+        frames = self.frames(data, vec)
         self.frame_stats = {
             "atoms": int(h.shape[0]),
             "frames": int(frames.valid.sum()),
@@ -524,9 +560,7 @@ class LocalFrameBackbone(Backbone):
         fe = self.edge_embedding["frames"]
         s = fe(vec, dist, dst, frames)
         env = fe.envelope(dist)
-        m = self.edge_embedding["message"](
-            torch.cat([h.index_select(0, dst), h.index_select(0, src), s], dim=-1)
-        )
+        m = self.edge_embedding["message"](s, h, src, dst)
         for layer in self.layers:
             h, m = layer(h, m, s, env, src, dst)
         return {K.NODE_FEATURES: h}
