@@ -377,7 +377,7 @@ def test_head_contract(name, formula, spec, eq_backbone, cg_backbone, si, zno):
     assert y.shape[0] == n_rows
     assert y.dtype == torch.get_default_dtype()
     if formula is None:
-        assert y.shape == (n_rows,)
+        assert y.shape == (n_rows, *getattr(cls, "row_shape", ()))
     else:
         assert y.shape == (n_rows, cartesian_basis(formula)[0].dim)
     assert torch.isfinite(y).all()
