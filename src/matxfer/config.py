@@ -77,8 +77,16 @@ class GraphConfig:
 
 @dataclass
 class TaskConfig:
+    """Per-task settings.
+
+    Attributes:
+        weight: weight of the task in the summed loss.
+        loss: ``mse``, ``l1`` or ``huber``; default ``mse`` for scalars and ``l1`` (on the
+            norm of each irrep block's error) for tensors.
+    """
+
     weight: float = 1.0
-    loss: str = "mse"  # mse | l1 | huber
+    loss: str | None = None
 
 
 @dataclass

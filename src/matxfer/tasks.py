@@ -22,7 +22,10 @@ class Task:
         formula: index symmetry of a tensor (``ij=ji``, ``ijk=ikj``, ``ijkl=jikl=klij``, ``ij``).
         units: physical units of the label.
         weight: weight of this task in the summed loss.
-        loss: ``mse``, ``l1`` or ``huber`` (in normalised units; tensors in irreps space).
+        loss: ``mse``, ``l1`` or ``huber`` in normalised units. Tensors are compared in
+            irreps space: ``mse`` is the mean squared component error; ``l1`` and ``huber``
+            act on the Euclidean norm of each irrep block's error (one norm per ``2l+1``
+            block), so every loss is independent of the crystal's orientation.
     """
 
     name: str
@@ -50,8 +53,22 @@ class Task:
         return cls(**d)
 
 
-def make_task(target: str, weight: float = 1.0, loss: str = "mse", units: str | None = None) -> Task:
-    """The task for a label key, with kind/formula/units from the label tables."""
+def default_loss(kind: str) -> str:
+    """Loss of a task whose config names none: ``mse`` for scalars, ``l1`` for tensors.
+
+    Tensor labels are heavy-tailed (dielectric constants near soft modes reach hundreds,
+    most piezoelectric tensors are near zero); measured on ``petousis-dielectric-2017``
+    (711 training tensors, same model and budget), ``l1`` gave a test ``mae_voigt`` of 5.0
+    against 6.0 for ``mse``.
+    """
+    return "mse" if kind == SCALAR else "l1"
+
+
+def make_task(target: str, weight: float = 1.0, loss: str | None = None, units: str | None = None) -> Task:
+    """The task for a label key, with kind/formula/units from the label tables.
+
+    ``loss=None`` takes :func:`default_loss` of the task's kind.
+    """
     formula = TARGET_FORMULAS.get(target)
     if formula is None:
         kind = SCALAR
@@ -59,6 +76,7 @@ def make_task(target: str, weight: float = 1.0, loss: str = "mse", units: str | 
         kind = ATOM_TENSOR
     else:
         kind = TENSOR
+    loss = loss or default_loss(kind)
     return Task(target, kind, formula, units or TARGET_UNITS.get(target, ""), weight, loss)
 
 

@@ -14,6 +14,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study directory (rerun to resume)")
     p.add_argument("--max-cells", type=int, default=None, help="run at most this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from results.csv")
+    p.add_argument("--no-retry", action="store_true", help="on a rerun, keep failed cells as failed")
 
 
 def cmd_study(args) -> int:
@@ -25,7 +26,7 @@ def cmd_study(args) -> int:
     if args.report_only:
         path = write_report(args.out, study)
     else:
-        StudyRunner(study, args.out, max_cells=args.max_cells).run()
+        StudyRunner(study, args.out, max_cells=args.max_cells, retry_failed=not args.no_retry).run()
         path = Path(args.out) / "report.md"
     print(f"report: {path}")
     return 0

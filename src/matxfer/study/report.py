@@ -154,6 +154,48 @@ def _plot_parity(run_dir: Path, label: str, title: str, out: Path) -> Path | Non
     return path
 
 
+def reference_section(df: pd.DataFrame, ref: dict[str, Any]) -> list[str]:
+    """Published numbers beside ours.
+
+    ``ref`` is the study's ``reference`` mapping: ``source`` (text), ``target`` (a study
+    target name), ``metric`` (e.g. ``mae``), ``label`` (optional, the task label; default the
+    target's only label), ``values`` ({recipe: published number}); other keys are shown as
+    they are.
+    """
+    lines = ["## Published reference numbers", ""]
+    if ref.get("source"):
+        lines += [f"Source: {ref['source']}", ""]
+    values = ref.get("values") or {}
+    target = ref.get("target")
+    sub = df[df["target"] == target] if target is not None and len(df) else df.iloc[:0]
+    col = None
+    if len(sub) and ref.get("metric"):
+        label = ref.get("label")
+        if label is None:
+            labels = [lb for lb in _labels_of(sub) if sub[f"{lb}.n"].notna().any()]
+            label = labels[0] if len(labels) == 1 else None
+        if label is not None and f"{label}.{ref['metric']}" in sub.columns:
+            col = f"{label}.{ref['metric']}"
+    if values:
+        size = int(sub["size"].max()) if len(sub) else None
+        head = f"ours (test {ref.get('metric', '')}, n={size}, mean ± std)" if col else "ours"
+        lines += [f"| recipe | {head} | published | ours / published |", "|---|---|---|---|"]
+        for recipe, pub in values.items():
+            rows = sub[(sub["recipe"] == recipe) & (sub["size"] == size)] if col else sub.iloc[:0]
+            if len(rows):
+                m, sd = float(rows[col].mean()), float(rows[col].std())
+                ours = _fmt(m, sd, len(rows))
+                ratio = f"{m / float(pub):.3f}" if float(pub) else "–"
+            else:
+                ours, ratio = "–", "–"
+            lines.append(f"| {recipe} | {ours} | {pub} | {ratio} |")
+        lines.append("")
+    rest = {k: v for k, v in ref.items() if k not in ("source", "target", "metric", "label", "values")}
+    if rest:
+        lines += ["```", json.dumps(rest, indent=1), "```", ""]
+    return lines
+
+
 def write_report(out: str | Path, study=None) -> Path:
     """Write ``report.md`` and plots from ``results.csv`` in the study directory."""
     out = Path(out)
@@ -162,6 +204,8 @@ def write_report(out: str | Path, study=None) -> Path:
     df = df_all[(df_all.get("kind") != "pretrain")]
     failed = df[df["status"] != "ok"] if "status" in df else df.iloc[:0]
     df = df[df["status"] == "ok"] if "status" in df else df
+    # pretraining rows have no size, so pandas reads the column as float
+    df = df.assign(size=df["size"].astype(int)) if len(df) else df
     lines = [f"# Study report: {getattr(study, 'name', out.name)}", ""]
     if study is not None and study.notes:
         lines += [study.notes.strip(), ""]
@@ -269,12 +313,7 @@ def write_report(out: str | Path, study=None) -> Path:
                 lines.append(f"![{p.stem}]({p.name})")
             lines.append("")
     if study is not None and study.reference:
-        lines.append("## Published reference numbers")
-        lines.append("")
-        lines.append("```")
-        lines.append(json.dumps(study.reference, indent=1))
-        lines.append("```")
-        lines.append("")
+        lines += reference_section(df, study.reference)
     if len(failed):
         lines.append("## Failed runs")
         lines.append("")

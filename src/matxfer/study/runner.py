@@ -11,7 +11,7 @@ Layout of the study directory::
     DIR/study.log
 
 A rerun skips finished cells (and finished pretraining runs). A cell that fails is recorded
-with its error and the study goes on.
+with its error and the study goes on; a rerun tries failed cells again (``retry_failed``).
 """
 
 from __future__ import annotations
@@ -70,10 +70,17 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 class StudyRunner:
-    def __init__(self, study: StudyConfig, out: str | Path, max_cells: int | None = None):
+    def __init__(
+        self,
+        study: StudyConfig,
+        out: str | Path,
+        max_cells: int | None = None,
+        retry_failed: bool = True,
+    ):
         self.study = study
         self.out = Path(out)
         self.max_cells = max_cells
+        self.retry_failed = retry_failed
         self.pretrained: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ pretraining
@@ -204,7 +211,10 @@ class StudyRunner:
         run_dir = self.cell_dir(target, recipe, size, seed)
         done = run_dir / "result.json"
         if done.is_file():
-            return json.loads(done.read_text())
+            prev = json.loads(done.read_text())
+            if prev.get("status") == "ok" or not self.retry_failed:
+                return prev
+            log.info("retrying failed cell %s (%s)", run_dir, prev.get("error", ""))
         run_dir.mkdir(parents=True, exist_ok=True)
         train = subsample(split["pool"], size, seed)
         Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")

@@ -10,6 +10,7 @@ metrics), ``metrics.json``, ``split.json``, ``config.yaml``, Lightning's CSV log
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -43,6 +44,44 @@ def _elementwise(loss: str, pred: torch.Tensor, target: torch.Tensor) -> torch.T
     return torch.nn.functional.huber_loss(pred, target, reduction="none", delta=1.0)
 
 
+@functools.cache
+def _irrep_blocks(formula: str) -> tuple[tuple[int, ...], int]:
+    """Block id of every irreps component of a tensor formula, and the number of blocks."""
+    from matxfer.normalize import cartesian_basis
+
+    irreps, _ = cartesian_basis(formula)
+    ids: list[int] = []
+    block = 0
+    for mul, ir in irreps:
+        for _ in range(mul):
+            ids.extend([block] * ir.dim)
+            block += 1
+    return tuple(ids), block
+
+
+def entry_loss(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Loss of each labelled row (crystal, or atom for per-atom tensors) -> ``[rows]``.
+
+    Scalars: the element-wise loss. Tensors (irreps rows): ``mse`` is the mean squared
+    component error; ``l1`` / ``huber`` apply to the Euclidean norm of each irrep block's
+    error and are averaged over blocks, which keeps the loss rotation invariant.
+    """
+    if task.kind == SCALAR or task.formula is None or task.loss == "mse" or pred.ndim == 1:
+        per = _elementwise(task.loss, pred, target)
+        return per.reshape(per.shape[0], -1).mean(dim=1) if per.ndim > 1 else per
+    ids, n_blocks = _irrep_blocks(task.formula)
+    if pred.shape[-1] != len(ids):
+        raise ValueError(
+            f"task {task.name!r}: prediction has {pred.shape[-1]} irreps components, the "
+            f"formula {task.formula!r} has {len(ids)}"
+        )
+    index = torch.tensor(ids, device=pred.device)
+    err2 = (pred - target) ** 2
+    sq = err2.new_zeros((err2.shape[0], n_blocks)).index_add_(1, index, err2)
+    norm = torch.sqrt(sq + 1e-12)  # finite gradient at zero error
+    return _elementwise(task.loss, norm, torch.zeros_like(norm)).mean(dim=1)
+
+
 def normalized_target(model, task: Task, y: torch.Tensor) -> torch.Tensor:
     """Label in the normalised space the head predicts in (irreps for tensors)."""
     norm = model.normalizers[task.name]
@@ -65,10 +104,7 @@ def task_losses(model, tasks: dict[str, Task], out: dict, batch) -> dict[str, to
         y = batch[label_key(name)][mask]
         pred = out[name][mask]
         target = normalized_target(model, task, y)
-        per_entry = _elementwise(task.loss, pred, target.to(pred.dtype))
-        if per_entry.ndim > 1:
-            per_entry = per_entry.reshape(per_entry.shape[0], -1).mean(dim=1)
-        losses[name] = per_entry.mean()
+        losses[name] = entry_loss(task, pred, target.to(pred.dtype)).mean()
     return losses
 
 
@@ -300,7 +336,7 @@ def build_tasks(cfg: RunConfig) -> dict[str, Task]:
     tasks = {}
     for t in cfg.data.targets:
         tc = cfg.tasks.get(t)
-        tasks[t] = make_task(t, weight=tc.weight if tc else 1.0, loss=tc.loss if tc else "mse")
+        tasks[t] = make_task(t, weight=tc.weight if tc else 1.0, loss=tc.loss if tc else None)
     return tasks
 
 
@@ -314,6 +350,17 @@ def _setup_logging(out: Path) -> logging.Handler:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handler
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's informational chatter (tips, device summary) off the console unless
+    ``-v`` was given; warnings still show."""
+    import warnings
+
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def fit(cfg: RunConfig, command: str = "train") -> FitResult:
@@ -330,6 +377,7 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
 
     out = Path(cfg.out or f"runs/{cfg.name}")
     handler = _setup_logging(out)
+    _quiet_lightning()
     t0 = time.time()
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)

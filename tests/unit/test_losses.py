@@ -1,0 +1,66 @@
+"""Per-entry losses: defaults by task kind, irrep-block norms, rotation invariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+
+from matxfer.normalize import IrrepsNormalizer
+from matxfer.tasks import make_task
+from matxfer.tensors import rotate
+from matxfer.train.loop import entry_loss
+
+
+def test_default_loss_is_mse_for_scalars_and_l1_for_tensors():
+    assert make_task("band_gap").loss == "mse"
+    assert make_task("piezo_tensor").loss == "l1"
+    assert make_task("born_charges").loss == "l1"
+    assert make_task("elastic_tensor", loss="huber").loss == "huber"
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_task("band_gap", loss="cross-entropy")
+
+
+def test_l1_on_a_rank2_tensor_is_the_mean_of_the_block_norms():
+    torch.manual_seed(0)
+    task = make_task("dielectric_total")  # ij=ji -> 0e + 2e: two blocks
+    pred, true = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    got = entry_loss(task, pred, true)
+    err = pred - true
+    want = 0.5 * (err[:, 0].abs() + err[:, 1:].norm(dim=1))
+    torch.testing.assert_close(got, want)
+    mse = entry_loss(make_task("dielectric_total", loss="mse"), pred, true)
+    torch.testing.assert_close(mse, (err**2).mean(dim=1))
+    with pytest.raises(ValueError, match="irreps components"):
+        entry_loss(task, pred[:, :5], true[:, :5])
+
+
+@pytest.mark.parametrize("target", ["dielectric_total", "piezo_tensor", "elastic_tensor"])
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber"])
+def test_tensor_losses_do_not_depend_on_the_crystal_orientation(target, loss):
+    torch.manual_seed(1)
+    task = make_task(target, loss=loss)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the change of basis in float64
+    try:
+        norm = IrrepsNormalizer(task.formula)
+    finally:
+        torch.set_default_dtype(old)
+    shape = (4,) + (3,) * task.rank
+    a = torch.randn(shape, dtype=torch.float64)
+    b = torch.randn(shape, dtype=torch.float64)
+    # symmetrise into the formula's subspace
+    a, b = norm.to_cartesian(norm.from_cartesian(a)), norm.to_cartesian(norm.from_cartesian(b))
+    before = entry_loss(task, norm.from_cartesian(a), norm.from_cartesian(b))
+    R = o3.rand_matrix(dtype=torch.float64)
+    ra = torch.stack([rotate(x, R) for x in a])
+    rb = torch.stack([rotate(x, R) for x in b])
+    after = entry_loss(task, norm.from_cartesian(ra), norm.from_cartesian(rb))
+    torch.testing.assert_close(before, after, rtol=1e-10, atol=1e-12)
+
+
+def test_block_loss_has_a_finite_gradient_at_zero_error():
+    task = make_task("dielectric_total")
+    pred = torch.zeros(2, 6, dtype=torch.float64, requires_grad=True)
+    entry_loss(task, pred, torch.zeros(2, 6, dtype=torch.float64)).sum().backward()
+    assert torch.isfinite(pred.grad).all()
