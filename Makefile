@@ -19,9 +19,12 @@ $(BIN)/matxfer: pyproject.toml
 
 setup: $(BIN)/matxfer
 
+# The quickstart study: pretrain a small equivariant network on Materials Project elastic
+# tensors, transfer it to dielectric and piezoelectric tensors (scratch / head / full), write
+# runs/quickstart/report.md. A rerun resumes.
+QUICKSTART_OUT ?= runs/quickstart
 quickstart: setup
-	$(BIN)/matxfer data list
-	$(BIN)/matxfer data validate petousis-dielectric-2017
+	$(BIN)/matxfer study configs/quickstart.yaml --out $(QUICKSTART_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q

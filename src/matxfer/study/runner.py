@@ -108,10 +108,7 @@ class StudyRunner:
                 continue
             run_dir = self.out / "pretrain" / spec.name
             ckpt = run_dir / "model.ckpt"
-            raw = deep_merge(self.study.base, spec.config)
-            raw["name"] = f"{self.study.name}-pretrain-{spec.name}"
-            raw["out"] = str(run_dir)
-            cfg = config_from_dict(raw)
+            cfg = config_from_dict(self.pretrain_raw(spec))
             if ckpt.is_file():
                 log.info("pretraining %s already done (%s)", spec.name, ckpt)
                 wall = json.loads((run_dir / "metrics.json").read_text()).get("wall_time_s", 0.0)
@@ -205,19 +202,8 @@ class StudyRunner:
         safe = recipe.name.replace(":", "-")
         return self.out / "cells" / target.name / safe / f"n{size}" / f"seed{seed}"
 
-    def run_cell(self, target, split, size, recipe: RecipeSpec, seed) -> dict[str, Any]:
-        from matxfer.train.loop import fit
-
-        run_dir = self.cell_dir(target, recipe, size, seed)
-        done = run_dir / "result.json"
-        if done.is_file():
-            prev = json.loads(done.read_text())
-            if prev.get("status") == "ok" or not self.retry_failed:
-                return prev
-            log.info("retrying failed cell %s (%s)", run_dir, prev.get("error", ""))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train = subsample(split["pool"], size, seed)
-        Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")
+    def cell_raw(self, target: TargetSpec, recipe: RecipeSpec, size: int, seed: int, run_dir: Path) -> dict:
+        """The run config (as a dict) of one cell; its split is ``run_dir/cell_split.json``."""
         raw = deep_merge(self.study.base, {"data": target.data})
         raw["data"]["split"] = {"file": str(run_dir / "cell_split.json")}
         raw["data"].pop("train_size", None)
@@ -237,7 +223,29 @@ class StudyRunner:
             raw.pop("graph", None)
             if "model" in raw:
                 raw["model"] = {"heads": raw["model"].get("heads", {})}
-        raw = apply_overrides(raw, recipe.overrides)
+        return apply_overrides(raw, recipe.overrides)
+
+    def pretrain_raw(self, spec) -> dict:
+        """The run config (as a dict) of a pretraining run given by a config."""
+        raw = deep_merge(self.study.base, spec.config)
+        raw["name"] = f"{self.study.name}-pretrain-{spec.name}"
+        raw["out"] = str(self.out / "pretrain" / spec.name)
+        return raw
+
+    def run_cell(self, target, split, size, recipe: RecipeSpec, seed) -> dict[str, Any]:
+        from matxfer.train.loop import fit
+
+        run_dir = self.cell_dir(target, recipe, size, seed)
+        done = run_dir / "result.json"
+        if done.is_file():
+            prev = json.loads(done.read_text())
+            if prev.get("status") == "ok" or not self.retry_failed:
+                return prev
+            log.info("retrying failed cell %s (%s)", run_dir, prev.get("error", ""))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train = subsample(split["pool"], size, seed)
+        Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")
+        raw = self.cell_raw(target, recipe, size, seed, run_dir)
         row: dict[str, Any] = {
             "target": target.name,
             "recipe": recipe.name,
