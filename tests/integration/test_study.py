@@ -125,3 +125,25 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, data_dir, mo
     bad = out / "cells" / "gap" / "k1" / "n16" / "seed0"
     assert "simulated crash" in (bad / "error.txt").read_text()
     assert "simulated crash" in (out / "report.md").read_text()
+
+
+def test_parallel_cells_give_the_same_results_as_sequential(tmp_path, data_dir):
+    """jobs=2 (spawned workers, one thread each) trains exactly what the sequential run does."""
+    raw_recipes = [{"name": "scratch", "kind": "scratch"}, {"name": "head", "kind": "head", "pretrained": "eform"}]
+
+    def study():
+        st = _tiny_study()
+        st.recipes = [r for r in st.recipes if r.name in {x["name"] for x in raw_recipes}]
+        st.targets[0].sizes = [8]
+        return st
+
+    StudyRunner(study(), tmp_path / "seq").run(progress=False)
+    StudyRunner(study(), tmp_path / "par", jobs=2, threads=1).run(progress=False)
+    cols = ["recipe", "size", "seed", "status", "band_gap.mae", "trainable_params"]
+    seq = pd.read_csv(tmp_path / "seq" / "results.csv")
+    par = pd.read_csv(tmp_path / "par" / "results.csv")
+    seq, par = (d[d["kind"] != "pretrain"][cols].sort_values(cols[:3]).reset_index(drop=True) for d in (seq, par))
+    assert len(par) == 4 and (par["status"] == "ok").all()
+    pd.testing.assert_frame_equal(seq, par)
+    with pytest.raises(ValueError, match="jobs must be"):
+        StudyRunner(study(), tmp_path / "x", jobs=0)

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -810,7 +811,7 @@ def load_dataset(
         ds = parse_dataset(name, root, None, None, progress)
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # unique: parallel studies share caches
             with open(tmp, "wb") as fh:
                 pickle.dump((ds.records, ds.failures), fh, protocol=pickle.HIGHEST_PROTOCOL)
             tmp.replace(cache)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,7 +215,7 @@ def validate_dataset(
     if use_cache:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # unique per process
             tmp.write_text(json.dumps({"results": [asdict(r) for r in results]}))
             tmp.replace(cache_file)
         except OSError as exc:

@@ -15,6 +15,8 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cells", type=int, default=None, help="run at most this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from results.csv")
     p.add_argument("--no-retry", action="store_true", help="on a rerun, keep failed cells as failed")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / jobs)")
 
 
 def cmd_study(args) -> int:
@@ -26,7 +28,10 @@ def cmd_study(args) -> int:
     if args.report_only:
         path = write_report(args.out, study)
     else:
-        StudyRunner(study, args.out, max_cells=args.max_cells, retry_failed=not args.no_retry).run()
+        StudyRunner(
+            study, args.out, max_cells=args.max_cells, retry_failed=not args.no_retry,
+            jobs=args.jobs, threads=args.threads,
+        ).run()
         path = Path(args.out) / "report.md"
     print(f"report: {path}")
     return 0

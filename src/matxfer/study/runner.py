@@ -20,8 +20,10 @@ import copy
 import csv
 import json
 import logging
+import os
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -76,53 +78,80 @@ class StudyRunner:
         out: str | Path,
         max_cells: int | None = None,
         retry_failed: bool = True,
+        jobs: int = 1,
+        threads: int | None = None,
     ):
+        """
+        Args:
+            study: the study configuration.
+            out: the study directory.
+            max_cells: run at most this many cells (then stop; a rerun continues).
+            retry_failed: rerun cells recorded as failed.
+            jobs: runs (pretraining, then cells) trained at the same time, each in its own
+                process; 1 runs everything in this process.
+            threads: torch threads per worker process (default: CPU count / jobs).
+        """
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
         self.study = study
         self.out = Path(out)
         self.max_cells = max_cells
         self.retry_failed = retry_failed
+        self.jobs = int(jobs)
+        self.threads = threads
         self.pretrained: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ pretraining
-    def run_pretraining(self) -> None:
+    def _used(self, spec) -> bool:
+        return any(r.pretrained == spec.name for r in self.study.recipes) or (
+            self.study.scratch_pretrained == spec.name
+        )
+
+    def pretrain_one(self, spec) -> dict[str, Any]:
+        """Train (or find, or load) one pretraining run; returns what the cells need of it."""
         from matxfer.checkpoint import load_checkpoint
         from matxfer.train.loop import fit
 
-        for spec in self.study.pretrain:
-            used = any(r.pretrained == spec.name for r in self.study.recipes) or (
-                self.study.scratch_pretrained == spec.name
-            )
-            if not used:
-                continue
-            if spec.checkpoint:
-                ck = load_checkpoint(spec.checkpoint)
-                prov = ck.get("provenance", {})
-                split = ck.get("split") or {}
-                self.pretrained[spec.name] = {
-                    "checkpoint": spec.checkpoint,
-                    "targets": list(ck["tasks"]),
-                    "ids": set(split.get("train", [])) | set(split.get("val", [])),
-                    "wall_time_s": 0.0,
-                    "external": prov.get("source", "checkpoint"),
-                }
-                continue
-            run_dir = self.out / "pretrain" / spec.name
-            ckpt = run_dir / "model.ckpt"
-            cfg = config_from_dict(self.pretrain_raw(spec))
-            if ckpt.is_file():
-                log.info("pretraining %s already done (%s)", spec.name, ckpt)
-                wall = json.loads((run_dir / "metrics.json").read_text()).get("wall_time_s", 0.0)
-            else:
-                log.info("pretraining %s", spec.name)
-                res = fit(cfg, command="study-pretrain")
-                wall = res.wall_time_s
-            split = Split.load(run_dir / "split.json")
-            self.pretrained[spec.name] = {
-                "checkpoint": str(ckpt),
-                "targets": list(cfg.data.targets),
-                "ids": set(split.train) | set(split.val),
-                "wall_time_s": wall,
+        if spec.checkpoint:
+            ck = load_checkpoint(spec.checkpoint)
+            prov = ck.get("provenance", {})
+            split = ck.get("split") or {}
+            return {
+                "checkpoint": spec.checkpoint,
+                "targets": list(ck["tasks"]),
+                "ids": set(split.get("train", [])) | set(split.get("val", [])),
+                "wall_time_s": 0.0,
+                "external": prov.get("source", "checkpoint"),
             }
+        run_dir = self.out / "pretrain" / spec.name
+        ckpt = run_dir / "model.ckpt"
+        cfg = config_from_dict(self.pretrain_raw(spec))
+        if ckpt.is_file():
+            log.info("pretraining %s already done (%s)", spec.name, ckpt)
+            wall = json.loads((run_dir / "metrics.json").read_text()).get("wall_time_s", 0.0)
+        else:
+            log.info("pretraining %s", spec.name)
+            res = fit(cfg, command="study-pretrain")
+            wall = res.wall_time_s
+        split = Split.load(run_dir / "split.json")
+        return {
+            "checkpoint": str(ckpt),
+            "targets": list(cfg.data.targets),
+            "ids": set(split.train) | set(split.val),
+            "wall_time_s": wall,
+        }
+
+    def run_pretraining(self, pool=None) -> None:
+        """Every pretraining run a recipe uses (in parallel when a process pool is given)."""
+        specs = [s for s in self.study.pretrain if self._used(s)]
+        if pool is None:
+            for spec in specs:
+                self.pretrained[spec.name] = self.pretrain_one(spec)
+            return
+        futures = {pool.submit(_pretrain_in_worker, self.study, self.out, spec): spec for spec in specs}
+        for fut in as_completed(futures):
+            spec = futures[fut]
+            self.pretrained[spec.name] = fut.result()  # a failed pretraining stops the study
 
     # ------------------------------------------------------------------ splits
     def target_split(self, target: TargetSpec) -> dict[str, Any]:
@@ -282,19 +311,34 @@ class StudyRunner:
         handler = logging.FileHandler(self.out / "study.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("matxfer").addHandler(handler)
+        pool = self._pool() if self.jobs > 1 else None
         try:
-            self.run_pretraining()
+            self.run_pretraining(pool)
             todo = self.cells()
             if self.max_cells is not None:
                 todo = todo[: self.max_cells]
             bar = progress_bar("study cells", total=len(todo), disable=not progress or None)
-            rows = []
-            for cell in todo:
-                target, split, size, recipe, seed = cell
-                bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
-                rows.append(self.run_cell(*cell))
-                bar.update(1)
-                self.write_results()
+            if pool is None:
+                for cell in todo:
+                    target, split, size, recipe, seed = cell
+                    bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
+                    self.run_cell(*cell)
+                    bar.update(1)
+                    self.write_results()
+            else:
+                futures = {
+                    pool.submit(_cell_in_worker, self.study, self.out, self.pretrained, self.retry_failed, cell): cell
+                    for cell in todo
+                }
+                for fut in as_completed(futures):
+                    target, _, size, recipe, seed = futures[fut]
+                    try:
+                        fut.result()
+                    except Exception as exc:  # the worker process itself died
+                        self._record_crash(futures[fut], exc)
+                    bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
+                    bar.update(1)
+                    self.write_results()
             bar.close()
             path = self.write_results()
             from matxfer.study.report import write_report
@@ -302,8 +346,34 @@ class StudyRunner:
             write_report(self.out, self.study)
             return path
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             logging.getLogger("matxfer").removeHandler(handler)
             handler.close()
+
+    def _pool(self):
+        """Worker processes (spawned: no shared torch state), ``threads`` torch threads each."""
+        import multiprocessing
+
+        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        return ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        )
+
+    def _record_crash(self, cell, exc: BaseException) -> None:
+        target, _, size, recipe, seed = cell
+        run_dir = self.cell_dir(target, recipe, size, seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        row = {
+            "target": target.name, "recipe": recipe.name, "kind": recipe.kind,
+            "pretrained": recipe.pretrained or "", "size": size, "seed": seed,
+            "status": "failed", "error": f"{type(exc).__name__}: {exc}", "wall_time_s": 0.0,
+        }
+        log.error("cell %s: worker failed: %s", run_dir, row["error"])
+        (run_dir / "result.json").write_text(json.dumps(row, indent=1))
 
     def write_results(self) -> Path:
         rows = []
@@ -328,3 +398,26 @@ class StudyRunner:
             w.writeheader()
             w.writerows(rows)
         return path
+
+
+# ----------------------------------------------------------------------------------------
+# worker processes (``jobs > 1``)
+# ----------------------------------------------------------------------------------------
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(int(threads))
+    os.environ.setdefault("MATXFER_PROGRESS", "0")
+    logging.getLogger("matxfer").setLevel(logging.INFO)
+
+
+def _pretrain_in_worker(study: StudyConfig, out: Path, spec) -> dict[str, Any]:
+    return StudyRunner(study, out).pretrain_one(spec)
+
+
+def _cell_in_worker(study: StudyConfig, out: Path, pretrained: dict, retry_failed: bool, cell) -> dict:
+    runner = StudyRunner(study, out, retry_failed=retry_failed)
+    runner.pretrained = pretrained
+    return runner.run_cell(*cell)

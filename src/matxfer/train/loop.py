@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,7 +442,8 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         callbacks = [tracker]
         if cfg.optim.patience > 0:
             callbacks.append(EarlyStopping("val_loss", patience=cfg.optim.patience, mode="min"))
-        if cfg.trainer.progress:
+        show_bar = cfg.trainer.progress and os.environ.get("MATXFER_PROGRESS", "1") != "0"
+        if show_bar:
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 10)))
         max_time = None
         if cfg.optim.max_time_min:
@@ -459,7 +461,7 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             callbacks=callbacks,
             logger=CSVLogger(str(out), name="logs", version=""),
             enable_checkpointing=False,
-            enable_progress_bar=cfg.trainer.progress,
+            enable_progress_bar=show_bar,
             enable_model_summary=False,
             log_every_n_steps=max(1, min(50, len(train_loader))),
             num_sanity_val_steps=0,
