@@ -32,14 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _budget import budgeted_fit  # noqa: E402
 
 DATASET = "castelli-perovskites"
 TARGET = "formation_energy"
@@ -83,107 +85,43 @@ def run_config(t: int, out: Path, limit: int, minutes: float, epochs: int, width
     }
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def measure_throughput(cfg, n_train_batches: int = 8) -> dict:
-    """Training and inference throughput of the configured model on its own data."""
+def frame_stats(cfg) -> dict:
+    """Frames built, fallback frames and skipped collinear pairs over every structure."""
     from torch_geometric.loader import DataLoader
 
     from matxfer.train.data import prepare_data
-    from matxfer.train.loop import build_tasks, task_losses, total_loss
-    from matxfer.train.setup import build_run_model, fit_normalizers
+    from matxfer.train.loop import build_tasks
+    from matxfer.train.setup import build_run_model
 
     tasks = build_tasks(cfg)
     model, settings, featurizer, _, _ = build_run_model(cfg, tasks, None)
     data = prepare_data(cfg.data, tasks, settings, featurizer)
-    fit_normalizers(model, tasks, data.train_records())
-    train = data.subset(data.split.train)
-    test = data.subset(data.split.test)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=False)
-    batches = []
-    for b in loader:
-        batches.append(b)
-        if len(batches) > n_train_batches:
-            break
-    model.train()
-
-    def step(b):
-        opt.zero_grad()
-        loss = total_loss(tasks, task_losses(model, tasks, model(b), b))
-        loss.backward()
-        opt.step()
-
-    step(batches[0])  # warm-up
-    w0, c0 = time.perf_counter(), _cpu()
-    n = 0
-    for b in batches[1:]:
-        step(b)
-        n += int(b.num_graphs)
-    w1, c1 = time.perf_counter(), _cpu()
-    model.eval()
-    test_loader = DataLoader(test, batch_size=64, shuffle=False)
-    with torch.no_grad():
-        model(next(iter(test_loader)))  # warm-up
-        w2, c2 = time.perf_counter(), _cpu()
-        m = 0
-        for b in test_loader:
-            model(b)
-            m += int(b.num_graphs)
-        w3, c3 = time.perf_counter(), _cpu()
+    graphs = data.subset(data.split.train + data.split.val + data.split.test)
     stats = {"fallback_frames": 0, "frames": 0, "skipped_collinear_pairs": 0}
+    model.eval()
     with torch.no_grad():
-        for b in DataLoader(train + data.subset(data.split.val) + test, batch_size=256):
+        for b in DataLoader(graphs, batch_size=256):
             model.backbone(b)
             for k in stats:
                 stats[k] += model.backbone.frame_stats[k]
-    return {
-        "train_structures_per_s": n / (w1 - w0),
-        "train_structures_per_cpu_s": n / max(c1 - c0, 1e-9),
-        "infer_structures_per_s": m / (w3 - w2),
-        "infer_structures_per_cpu_s": m / max(c3 - c2, 1e-9),
-        "n_train": len(train),
-        "n_val": len(data.split.val),
-        "n_test": len(test),
-        "backbone_params": sum(p.numel() for p in model.backbone.parameters()),
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "frame_stats_all_atoms": stats,
-    }
+    return stats
 
 
 def run_case(t: int, args, workdir: Path) -> dict:
     """Throughput, then the time-budgeted training run, of one frame count."""
     from matxfer.config import config_from_dict
-    from matxfer.train.loop import fit
 
     out = workdir / f"t{t}"
-    probe = config_from_dict(run_config(t, out, args.limit, args.minutes, 1, args.width))
-    thr = measure_throughput(probe)
-    epoch_s = thr["n_train"] / thr["train_structures_per_s"]
-    epochs = max(2, int(math.floor(0.85 * args.minutes * 60.0 / epoch_s)))
-    cfg = config_from_dict(run_config(t, out, args.limit, args.minutes, epochs, args.width))
-    load0 = os.getloadavg()[0]
-    c0 = _cpu()
-    res = fit(cfg)
-    cpu = _cpu() - c0
-    m = res.metrics
+    raw = run_config(t, out, args.limit, args.minutes, 1, args.width)
+    res = budgeted_fit(raw, args.minutes)
     return {
         "n_frames": t,
-        "test_mae_eV_per_cell": m["test"][TARGET]["mae"],
-        "test_rmse_eV_per_cell": m["test"][TARGET]["rmse"],
-        "test_r2": m["test"][TARGET]["r2"],
-        "val_mae_eV_per_cell": m["val"][TARGET]["mae"],
-        "epochs_planned": epochs,
-        "epochs_run": m.get("epochs_run"),
-        "best_epoch": m.get("best_epoch"),
-        "fit_wall_s": res.wall_time_s,
-        "fit_cpu_s": cpu,
-        "loadavg_1min_at_start": load0,
-        "loadavg_1min_at_end": os.getloadavg()[0],
-        **thr,
+        "test_mae_eV_per_cell": res["test"][TARGET]["mae"],
+        "test_rmse_eV_per_cell": res["test"][TARGET]["rmse"],
+        "test_r2": res["test"][TARGET]["r2"],
+        "val_mae_eV_per_cell": res["val"][TARGET]["mae"],
+        **{k: v for k, v in res.items() if k not in ("test", "val", "out_dir")},
+        "frame_stats_all_atoms": frame_stats(config_from_dict(raw)),
     }
 
 

@@ -54,6 +54,10 @@ def _backbone(name: str):
         bb = ALIGNN(**TINY_ALIGNN)
     elif name == "alignn-nodes-only":
         bb = _NodesOnly()
+    elif name == "equivariant":  # the head reads only its 0e channels
+        bb = BACKBONES["equivariant"](**TINY_EQUIVARIANT)
+    elif name == "local-frame":
+        bb = BACKBONES["local-frame"](width=12, n_layers=1)
     else:
         if name not in BACKBONES:
             pytest.skip(f"backbone {name!r} is not registered (its module is not imported yet)")
@@ -124,7 +128,8 @@ def _rutile():
                                      [[0, 0, 0], [0.305, 0.305, 0]])
 
 
-BACKBONE_NAMES = ["alignn", "alignn-nodes-only", "cgcnn"]
+BACKBONE_NAMES = ["alignn", "alignn-nodes-only", "cgcnn", "cgcnn-attention", "local-frame", "equivariant"]
+TINY_EQUIVARIANT = {"hidden_irreps": "4x0e+2x0o+2x1o+2x1e+1x2e+1x2o", "n_layers": 1, "l_max": 2}
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +182,9 @@ def test_bad_options_raise_value_error():
         EdgeTensorHead(8, formula="ijkk")
     with pytest.raises(ValueError, match="ijk=ikj"):
         EdgeAtomTensorHead(8, formula="ijk=ikj")
-    with pytest.raises(ValueError, match="in_spec"):
-        EdgeTensorHead(o3.Irreps("4x0e+2x1o"))
+    with pytest.raises(ValueError, match="no 0e channels"):
+        EdgeTensorHead(o3.Irreps("2x0o+2x1o"))
+    assert EdgeTensorHead(o3.Irreps("4x0e+2x1o")).width == 4  # irreps: the 0e channels
     with pytest.raises(ValueError, match="max"):
         EdgeTensorHead(8, reduce="max")
     with pytest.raises(ValueError, match="channels"):

@@ -44,10 +44,12 @@ equivariant ``tensor`` head).
 from __future__ import annotations
 
 import torch
+from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
 from matxfer.models.base import Head
+from matxfer.models.heads.scalar import scalar_channels
 from matxfer.models.registry import register_head
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.mlp import MLP
@@ -77,15 +79,25 @@ def _check_formula(formula: str, allowed) -> str:
     return formula
 
 
-def _check_in_spec(in_spec) -> int:
-    if isinstance(in_spec, bool) or not isinstance(in_spec, int):
+def _check_in_spec(in_spec) -> tuple[int, list[int] | None]:
+    """Invariant input width, and for an irreps backbone the indices of its ``0e`` channels.
+
+    On an equivariant backbone the head reads only the true scalars (``0e``): the tensor's
+    direction dependence comes from the bond vectors, as on an invariant backbone.
+    """
+    if isinstance(in_spec, bool) or not isinstance(in_spec, (int, str, o3.Irreps)):
         raise ValueError(
-            f"edge tensor heads need an invariant backbone with an int feature width, got "
-            f"in_spec={in_spec!r} (use the 'tensor' head for equivariant backbones)"
+            f"edge tensor heads need an int feature width or irreps with 0e channels, got "
+            f"in_spec={in_spec!r}"
         )
-    if in_spec < 1:
-        raise ValueError(f"in_spec (backbone width) must be >= 1, got {in_spec}")
-    return int(in_spec)
+    if isinstance(in_spec, int):
+        if in_spec < 1:
+            raise ValueError(f"in_spec (backbone width) must be >= 1, got {in_spec}")
+        return int(in_spec), None
+    try:
+        return scalar_channels(in_spec)
+    except ValueError as exc:
+        raise ValueError(f"edge tensor head: {exc} (in_spec={in_spec!r})") from None
 
 
 def _powers(n: Tensor, max_order: int) -> dict[int, Tensor]:
@@ -155,7 +167,11 @@ class _EdgeTensorBase(Head):
         avg_num_neighbors: float,
         act: str,
     ) -> None:
-        width = _check_in_spec(in_spec)
+        width, scalar_idx = _check_in_spec(in_spec)
+        if scalar_idx is not None:
+            self.register_buffer("scalar_idx", torch.tensor(scalar_idx, dtype=torch.long), persistent=False)
+        else:
+            self.scalar_idx = None
         hidden = [int(h) for h in hidden]
         if not hidden or any(h < 1 for h in hidden):
             raise ValueError(f"hidden must be a non-empty list of widths >= 1, got {hidden}")
@@ -204,6 +220,8 @@ class _EdgeTensorBase(Head):
                 features when ``edge_features=True``.
         """
         h = backbone_out[K.NODE_FEATURES]
+        if self.scalar_idx is not None:
+            h = h.index_select(-1, self.scalar_idx)
         if h.ndim != 2 or h.shape[-1] != self.width:
             raise ValueError(
                 f"node features have shape {tuple(h.shape)}, the head expects [n, {self.width}]"
