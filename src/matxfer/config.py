@@ -131,6 +131,7 @@ class TrainerConfig:
     num_workers: int = 0
     progress: bool = True
     deterministic: bool = True
+    cache_frozen_features: bool = True  # frozen backbone: compute its outputs once
 
 
 @dataclass

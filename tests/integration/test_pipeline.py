@@ -97,6 +97,50 @@ def test_recipes_freeze_exactly_what_they_claim(tmp_path, pretrained, recipe):
     assert child["graph"] == parent["graph"]
 
 
+def test_head_recipe_reuses_cached_frozen_backbone_outputs(tmp_path, pretrained, monkeypatch):
+    """Head-only training reads the frozen backbone's outputs computed once (and kept on disk):
+    the same result as running the backbone every step, far fewer backbone calls."""
+    from matxfer.models.backbones.cgcnn import CGCNN
+
+    calls = []
+    real_forward = CGCNN.forward
+
+    def counting(self, data):
+        calls.append(int(data.num_graphs))
+        return real_forward(self, data)
+
+    monkeypatch.setattr(CGCNN, "forward", counting)
+    data = {"datasets": ["petousis-dielectric-2017"], "targets": ["band_gap"], "limit": 24,
+            "split": {"fractions": [0.7, 0.15, 0.15]}}
+
+    def run(name, cache):
+        calls.clear()
+        raw = {"name": name, "out": str(tmp_path / name), "data": data,
+               "optim": {"epochs": 4, "batch_size": 4, "lr": 3e-3, "patience": 0},
+               "trainer": {"progress": False, "cache_frozen_features": cache},
+               "transfer": {"init_from": str(pretrained.checkpoint), "recipe": "head"}}
+        res = fit(config_from_dict(raw))
+        return res, list(calls), (tmp_path / name / "train.log").read_text()
+
+    plain, plain_calls, _ = run("plain", False)
+    cached, cached_calls, log1 = run("cached", True)
+    again, again_calls, log2 = run("again", True)
+    m_plain = plain.metrics["test"]["band_gap"]["mae"]
+    assert cached.metrics["test"]["band_gap"]["mae"] == pytest.approx(m_plain, rel=1e-5)
+    assert again.metrics["test"]["band_gap"]["mae"] == pytest.approx(m_plain, rel=1e-5)
+    # plain: every training step runs the backbone; cached: one pass, then only evaluation
+    n_train = len(load_checkpoint(plain.checkpoint)["split"]["train"])
+    assert sum(plain_calls) >= 4 * n_train
+    assert sum(cached_calls) < sum(plain_calls) / 2
+    assert "0 reused from disk" in log1 and "0 computed" in log2  # the second run read the disk store
+    # the checkpoint still holds the real (frozen, unchanged) backbone
+    ck = load_checkpoint(cached.checkpoint)
+    parent = load_checkpoint(pretrained.checkpoint)
+    for k, v in ck["state_dict"].items():
+        if k.startswith("backbone."):
+            assert torch.equal(v, parent["state_dict"][k]), k
+
+
 def test_mismatching_graph_config_is_an_error(tmp_path, pretrained):
     data = {"datasets": ["petousis-dielectric-2017"], "targets": ["band_gap"], "limit": 12}
     raw = {"name": "x", "out": str(tmp_path / "x"), "data": data, "graph": {"cutoff": 5.0},

@@ -121,6 +121,9 @@ class PropertyModel(nn.Module):
         self.heads = heads
         self.normalizers = normalizers
         self.tasks = dict(tasks or {})
+        #: read frozen-backbone outputs stored on the graphs when present (set by training
+        #: with a frozen backbone; see :mod:`matxfer.train.feature_cache`)
+        self.use_cached_features = False
 
     def forward(self, data) -> dict[str, Tensor]:
         """Normalised predictions of every head.
@@ -132,7 +135,13 @@ class PropertyModel(nn.Module):
             task -> ``[B]`` (scalar), ``[B, irreps.dim]`` (tensor, normalised irreps) or
             ``[n_atoms, irreps.dim]`` (per-atom tensor).
         """
-        out = self.backbone(data)
+        out = None
+        if self.use_cached_features:
+            from matxfer.train.feature_cache import cached_outputs
+
+            out = cached_outputs(data)
+        if out is None:
+            out = self.backbone(data)
         return {name: head(out, data) for name, head in self.heads.items()}
 
     def predict(self, data) -> dict[str, Tensor]:

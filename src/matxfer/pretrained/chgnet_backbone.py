@@ -87,7 +87,8 @@ CHGNET_030_ARGS: dict[str, Any] = {
     "readout_norm": "layer",
 }
 
-#: the graph field :func:`attach_features` writes and :class:`CachedBackbone` reads
+#: the graph field :func:`attach_features` writes and :class:`CachedBackbone` reads (the
+#: field training with a frozen backbone uses too)
 CACHED_FEATURES = "cached_node_feats"
 
 INSTALL_HINT = "pip install matxfer[chgnet]"
@@ -561,12 +562,12 @@ class CHGNetBackbone(Backbone):
 # --------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def cache_features(backbone: nn.Module, graphs: list, batch_size: int = 32) -> list[Tensor]:
     """Node features of a frozen backbone for every graph, computed once.
 
-    Intended use in head-only training (recipe ``head``, every backbone parameter frozen
-    and its modules in eval mode): before the first epoch,
+    Training with the ``head`` recipe does this by itself (and keeps the features on disk,
+    see :mod:`matxfer.train.feature_cache`); this function and :class:`CachedBackbone` are
+    for custom loops:
 
     .. code-block:: python
 
@@ -585,25 +586,11 @@ def cache_features(backbone: nn.Module, graphs: list, batch_size: int = 32) -> l
         batch_size: graphs per forward pass.
 
     Returns:
-        One ``[n_atoms_i, width]`` tensor per graph (detached, on the backbone's device).
+        One ``[n_atoms_i, width]`` tensor per graph (detached, on the CPU).
     """
-    from torch_geometric.data import Batch
+    from matxfer.train.feature_cache import compute_outputs
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = backbone.training
-    backbone.eval()
-    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
-    out: list[Tensor] = []
-    try:
-        for i in range(0, len(graphs), batch_size):
-            chunk = graphs[i : i + batch_size]
-            batch = Batch.from_data_list(chunk).to(device)
-            feats = backbone(batch)[K.NODE_FEATURES].detach()
-            out.extend(feats.split([int(g.num_nodes) for g in chunk]))
-    finally:
-        backbone.train(was_training)
-    return [f.clone() for f in out]
+    return [o[K.NODE_FEATURES] for o in compute_outputs(backbone, graphs, batch_size)]
 
 
 def attach_features(graphs: list, features: list[Tensor], key: str = CACHED_FEATURES) -> list:

@@ -353,6 +353,26 @@ def _setup_logging(out: Path) -> logging.Handler:
     return handler
 
 
+def _cache_frozen_outputs(cfg: RunConfig, model, settings, graphs: list) -> list:
+    """With a frozen backbone, attach its outputs to the graphs once (see feature_cache).
+
+    Returns the graphs that carry cached outputs (empty when nothing was cached).
+    """
+    from matxfer.train.feature_cache import attach_outputs, backbone_is_frozen, load_or_compute
+
+    if not cfg.trainer.cache_frozen_features or not backbone_is_frozen(model):
+        return []
+    t0 = time.time()
+    outputs, stats = load_or_compute(model.backbone, graphs, settings.to_dict(), batch_size=32)
+    attach_outputs(graphs, outputs)
+    model.use_cached_features = True
+    log.info(
+        "frozen backbone: outputs of %d crystals cached (%d reused from disk, %d computed) in %.1f s",
+        len(graphs), stats["reused"], stats["computed"], time.time() - t0,
+    )
+    return graphs
+
+
 def _quiet_lightning() -> None:
     """Keep Lightning's informational chatter (tips, device summary) off the console unless
     ``-v`` was given; warnings still show."""
@@ -425,9 +445,11 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             train_graphs, batch_size=bs, shuffle=sampler is None, sampler=sampler,
             generator=gen if sampler is None else None, num_workers=cfg.trainer.num_workers,
         )
-        val_loader = DataLoader(data.subset(data.split.val), batch_size=bs, num_workers=cfg.trainer.num_workers)
+        val_graphs = data.subset(data.split.val)
+        val_loader = DataLoader(val_graphs, batch_size=bs, num_workers=cfg.trainer.num_workers)
         LitModel = _lit_module_class()
         lit = LitModel(model, tasks, cfg.optim, len(train_loader))
+        cached = _cache_frozen_outputs(cfg, model, settings, train_graphs + val_graphs)
 
         def ckpt_of(m, metrics=None):
             return build_checkpoint(
@@ -466,7 +488,14 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             log_every_n_steps=max(1, min(50, len(train_loader))),
             num_sanity_val_steps=0,
         )
-        trainer.fit(lit, train_loader, val_loader)
+        try:
+            trainer.fit(lit, train_loader, val_loader)
+        finally:
+            if cached:
+                from matxfer.train.feature_cache import detach_outputs
+
+                model.use_cached_features = False
+                detach_outputs(cached)
         if tracker.best_state is not None:
             model.load_state_dict(tracker.best_state)
         model.eval()

@@ -1,0 +1,190 @@
+"""Frozen-backbone features, computed once per dataset and reused.
+
+With the ``head`` recipe every backbone parameter is frozen and its modules run in eval
+mode, so its outputs depend only on the structure. :func:`fit` then computes the backbone
+outputs of the training and validation crystals once, stores them on the graphs and lets
+:class:`~matxfer.models.base.PropertyModel` read them instead of running the backbone each
+epoch (exact, not an approximation: the heads see the same numbers). The outputs are also
+kept on disk under ``cache_dir()/features/``, keyed by a hash of the backbone (class,
+config and every parameter and buffer) and of the graph settings, so the other cells of a
+study (seeds, training sizes, heads) that use the same frozen backbone on the same data do
+not recompute them. For a universal potential such as CHGNet this is most of the cost of a
+head-only run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from matxfer import keys as K
+
+log = logging.getLogger(__name__)
+
+#: graph fields holding cached backbone outputs (per atom / per edge)
+CACHED_NODE = "cached_node_feats"
+CACHED_EDGE = "cached_edge_feats"
+#: bump when the stored layout changes
+FORMAT = 1
+
+
+def backbone_is_frozen(model) -> bool:
+    """True when the model's backbone has parameters and none of them is trainable."""
+    params = list(model.backbone.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """Hash of the backbone's class, config and every parameter and buffer (exact bytes)."""
+    h = hashlib.sha256()
+    h.update(type(backbone).__name__.encode())
+    h.update(json.dumps(getattr(backbone, "config", {}), sort_keys=True, default=str).encode())
+    for name, t in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def compute_outputs(backbone: nn.Module, graphs: list, batch_size: int = 32) -> list[dict[str, Tensor]]:
+    """Backbone outputs of each graph: ``{node_feats: [n_atoms, d]}`` (+ ``edge_feats``).
+
+    The backbone runs in eval mode (its mode is restored afterwards).
+    """
+    from torch_geometric.data import Batch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = backbone.training
+    backbone.eval()
+    device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    result: list[dict[str, Tensor]] = []
+    try:
+        for i in range(0, len(graphs), batch_size):
+            chunk = graphs[i : i + batch_size]
+            out = backbone(Batch.from_data_list(chunk).to(device))
+            nodes = out[K.NODE_FEATURES].detach().cpu().split([int(g.num_nodes) for g in chunk])
+            edges = None
+            if out.get(K.EDGE_FEATURES) is not None:
+                counts = [int(g[K.EDGE_INDEX].shape[1]) for g in chunk]
+                edges = out[K.EDGE_FEATURES].detach().cpu().split(counts)
+            for j in range(len(chunk)):
+                item = {K.NODE_FEATURES: nodes[j].clone()}
+                if edges is not None:
+                    item[K.EDGE_FEATURES] = edges[j].clone()
+                result.append(item)
+    finally:
+        backbone.train(was_training)
+    return result
+
+
+def attach_outputs(graphs: list, outputs: list[dict[str, Tensor]]) -> None:
+    """Store cached outputs on the graphs (PyG batching concatenates them in batch order)."""
+    if len(graphs) != len(outputs):
+        raise ValueError(f"{len(graphs)} graphs but {len(outputs)} cached outputs")
+    for g, o in zip(graphs, outputs):
+        node = o[K.NODE_FEATURES]
+        if node.shape[0] != int(g.num_nodes):
+            raise ValueError(
+                f"cached features of shape {tuple(node.shape)} for {getattr(g, 'material_id', '')!r} "
+                f"with {int(g.num_nodes)} atoms"
+            )
+        g[CACHED_NODE] = node
+        if K.EDGE_FEATURES in o:
+            if o[K.EDGE_FEATURES].shape[0] != int(g[K.EDGE_INDEX].shape[1]):
+                raise ValueError(f"cached edge features of {getattr(g, 'material_id', '')!r} do not match its edges")
+            g[CACHED_EDGE] = o[K.EDGE_FEATURES]
+
+
+def detach_outputs(graphs: list) -> None:
+    """Remove cached outputs from the graphs."""
+    for g in graphs:
+        for key in (CACHED_NODE, CACHED_EDGE):
+            if key in g:
+                del g[key]
+
+
+def cached_outputs(data) -> dict[str, Tensor] | None:
+    """The backbone outputs stored on a (batched) graph, or None."""
+    if CACHED_NODE not in data:
+        return None
+    out = {K.NODE_FEATURES: data[CACHED_NODE]}
+    if CACHED_EDGE in data:
+        out[K.EDGE_FEATURES] = data[CACHED_EDGE]
+    return out
+
+
+def _store_path(root: Path, backbone_fp: str, settings: dict) -> Path:
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return root / "features" / f"{backbone_fp}-{key}-v{FORMAT}.pt"
+
+
+def _graph_key(g) -> str:
+    """Material id plus the structure it was built from (so an edited entry misses)."""
+    h = hashlib.sha256()
+    for key in (K.ATOMIC_NUMBERS, K.POSITIONS, K.CELL, K.EDGE_INDEX):
+        h.update(g[key].detach().cpu().contiguous().numpy().tobytes())
+    return f"{g.material_id}:{h.hexdigest()[:16]}"
+
+
+def load_or_compute(
+    backbone: nn.Module,
+    graphs: list,
+    settings: dict,
+    root: Path | None = None,
+    batch_size: int = 32,
+) -> tuple[list[dict[str, Tensor]], dict[str, int]]:
+    """Outputs of a frozen backbone for ``graphs``, from the disk store where present.
+
+    Args:
+        backbone: the frozen backbone.
+        graphs: crystal graphs with ``material_id``.
+        settings: the graph settings (part of the store's key).
+        root: cache root (default :func:`matxfer.paths.cache_dir`); ``None`` with
+            ``MATXFER_FEATURE_CACHE=0`` disables the disk store.
+        batch_size: graphs per forward pass.
+
+    Returns:
+        (outputs in the order of ``graphs``, ``{"reused": n, "computed": m}``)
+    """
+    use_disk = os.environ.get("MATXFER_FEATURE_CACHE", "1") != "0"
+    if root is None and use_disk:
+        from matxfer.paths import cache_dir
+
+        root = cache_dir()
+    path = _store_path(Path(root), backbone_fingerprint(backbone), settings) if use_disk else None
+    store: dict[str, dict[str, Tensor]] = {}
+    if path is not None and path.is_file():
+        try:
+            store = torch.load(path, weights_only=True)
+        except Exception as exc:  # an unreadable cache is rebuilt, never fatal
+            log.warning("ignoring unreadable feature cache %s: %s", path, exc)
+            store = {}
+    keys = [_graph_key(g) for g in graphs]
+    missing = [i for i, k in enumerate(keys) if k not in store]
+    if missing:
+        fresh = compute_outputs(backbone, [graphs[i] for i in missing], batch_size)
+        for i, o in zip(missing, fresh):
+            store[keys[i]] = o
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            try:
+                torch.save(store, tmp)
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("could not write feature cache %s: %s", path, exc)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    stats = {"reused": len(graphs) - len(missing), "computed": len(missing)}
+    return [store[k] for k in keys], stats
