@@ -84,3 +84,26 @@ def test_verdict():
     assert verdict(1.0, 0.01, 2.0, 0.01) == "better"
     assert verdict(2.0, 0.01, 1.0, 0.01) == "worse"
     assert verdict(1.0, 0.5, 1.1, 0.5) == "within noise"
+
+
+def test_pretraining_runs_can_import_third_party_weights(tmp_path):
+    from matxfer.paths import pretrained_dir
+
+    if not (pretrained_dir() / "cgcnn" / "formation-energy-per-atom.pth.tar").is_file():
+        pytest.skip(f"original CGCNN checkpoints not found under {pretrained_dir()}")
+    st = _study(pretrain={"pre": {"import": "cgcnn:formation-energy-per-atom"}})
+    runner = StudyRunner(st, tmp_path)
+    info = runner.pretrain_one(st.pretrain[0])
+    ckpt = tmp_path / "pretrain" / "pre" / "model.ckpt"
+    assert info["checkpoint"] == str(ckpt) and ckpt.is_file()
+    assert info["targets"] == ["formation_energy_per_atom"]
+    mtime = ckpt.stat().st_mtime_ns
+    assert runner.pretrain_one(st.pretrain[0])["checkpoint"] == str(ckpt)
+    assert ckpt.stat().st_mtime_ns == mtime  # converted once
+    with pytest.raises(ValueError, match="import"):
+        _study(pretrain={"pre": {"import": "megnet:eform"}})
+    with pytest.raises(ValueError, match="exactly one"):
+        _study(pretrain={"pre": {"import": "cgcnn:band-gap", "checkpoint": "x.ckpt"}})
+    missing = _study(pretrain={"pre": {"import": "cgcnn:no-such-model"}})
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        StudyRunner(missing, tmp_path / "m").pretrain_one(missing.pretrain[0])

@@ -16,13 +16,21 @@ from matxfer.config import apply_overrides
 class PretrainSpec:
     """One pretraining run, shared by every cell that uses it.
 
-    ``config`` is a run config (dict, merged over the study's ``base``); ``checkpoint``
-    instead names an existing checkpoint (e.g. an imported one) and trains nothing.
+    Exactly one of:
+
+    - ``config``: a run config (dict, merged over the study's ``base``) that is trained;
+    - ``checkpoint``: an existing matxfer checkpoint, used as it is;
+    - ``import``: third-party weights converted on first use (into
+      ``DIR/pretrain/<name>/model.ckpt``): ``chgnet:0.3.0`` (CHGNet, needs the ``chgnet``
+      extra) or ``cgcnn:<model>`` (an original CGCNN checkpoint, ``<model>.pth.tar`` in the
+      ``cgcnn`` folder of the pretrained-weights directory, or a path to one; its
+      ``atom_init.json`` beside it).
     """
 
     name: str
     config: dict[str, Any] | None = None
     checkpoint: str | None = None
+    importer: str | None = None
 
 
 @dataclass
@@ -76,6 +84,9 @@ class StudyConfig:
     notes: str = ""
 
 
+#: kinds of third-party weights a study can import (``import: <kind>:<what>``)
+IMPORTERS = ("chgnet", "cgcnn")
+
 _STUDY_KEYS = {"name", "base", "pretrain", "targets", "recipes", "seeds", "scratch_pretrained",
                "reference", "notes"}
 
@@ -98,10 +109,18 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
     pre = []
     for name, spec in (raw.get("pretrain") or {}).items():
         spec = spec or {}
-        _check_keys(spec, {"config", "checkpoint"}, f"pretrain.{name}")
-        if bool(spec.get("config")) == bool(spec.get("checkpoint")):
-            raise ValueError(f"pretrain.{name}: give exactly one of 'config' or 'checkpoint'")
-        pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint")))
+        _check_keys(spec, {"config", "checkpoint", "import"}, f"pretrain.{name}")
+        given = [k for k in ("config", "checkpoint", "import") if spec.get(k)]
+        if len(given) != 1:
+            raise ValueError(f"pretrain.{name}: give exactly one of 'config', 'checkpoint' or 'import'")
+        if spec.get("import"):
+            kind = str(spec["import"]).split(":", 1)[0]
+            if kind not in IMPORTERS or ":" not in str(spec["import"]):
+                raise ValueError(
+                    f"pretrain.{name}.import={spec['import']!r}; valid: 'chgnet:<version>' or "
+                    "'cgcnn:<model or .pth.tar path>'"
+                )
+        pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint"), spec.get("import")))
     targets = []
     tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed"}
     for name, spec in (raw.get("targets") or {}).items():

@@ -112,12 +112,16 @@ class StudyRunner:
         from matxfer.checkpoint import load_checkpoint
         from matxfer.train.loop import fit
 
-        if spec.checkpoint:
-            ck = load_checkpoint(spec.checkpoint)
+        if spec.importer:
+            path = self.imported_checkpoint(spec)
+        else:
+            path = spec.checkpoint
+        if path:
+            ck = load_checkpoint(path)
             prov = ck.get("provenance", {})
             split = ck.get("split") or {}
             return {
-                "checkpoint": spec.checkpoint,
+                "checkpoint": str(path),
                 "targets": list(ck["tasks"]),
                 "ids": set(split.get("train", [])) | set(split.get("val", [])),
                 "wall_time_s": 0.0,
@@ -140,6 +144,31 @@ class StudyRunner:
             "ids": set(split.train) | set(split.val),
             "wall_time_s": wall,
         }
+
+    def imported_checkpoint(self, spec) -> Path:
+        """Convert third-party weights (``import: chgnet:<version>`` or ``cgcnn:<model>``) once."""
+        from matxfer.paths import pretrained_dir
+
+        out = self.out / "pretrain" / spec.name / "model.ckpt"
+        if out.is_file():
+            return out
+        kind, what = spec.importer.split(":", 1)
+        log.info("importing %s weights %s as %s", kind, what, out)
+        if kind == "chgnet":
+            from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+
+            return export_chgnet_checkpoint(out, what)
+        from matxfer.pretrained.cgcnn_import import import_cgcnn
+
+        src = Path(what).expanduser()
+        if not src.is_file():
+            src = pretrained_dir() / "cgcnn" / (what if what.endswith(".pth.tar") else f"{what}.pth.tar")
+        if not src.is_file():
+            raise FileNotFoundError(
+                f"pretrain.{spec.name}: CGCNN checkpoint {what!r} not found (looked for {src}); set "
+                "MATXFER_PRETRAINED_DIR or give the path of the .pth.tar"
+            )
+        return import_cgcnn(src, src.parent / "atom_init.json", out)
 
     def run_pretraining(self, pool=None) -> None:
         """Every pretraining run a recipe uses (in parallel when a process pool is given)."""

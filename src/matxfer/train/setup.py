@@ -53,6 +53,23 @@ def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> Gra
     return GraphSettings(**{k: v for k, v in base.items() if k in known})
 
 
+def resolve_atom_table(path: str | None) -> str | None:
+    """An ``atom_init.json`` path as given, else relative to the pretrained-weights directory
+    (so ``cgcnn/atom_init.json`` finds the original CGCNN table wherever it is installed)."""
+    from pathlib import Path
+
+    from matxfer.paths import pretrained_dir
+
+    if path is None or Path(path).expanduser().is_file():
+        return path
+    alt = pretrained_dir() / path
+    if alt.is_file():
+        return str(alt)
+    raise FileNotFoundError(
+        f"graph.atom_table={path!r}: no such file (nor {alt}); give the path of an atom_init.json"
+    )
+
+
 def featurizer_for(cfg: RunConfig, settings: GraphSettings, parent: dict | None):
     """(featurizer or None, its plain state, final settings with the table hash)."""
     from matxfer.data.atom_features import AtomFeaturizer
@@ -64,7 +81,7 @@ def featurizer_for(cfg: RunConfig, settings: GraphSettings, parent: dict | None)
         feat = AtomFeaturizer.from_state(parent["atom_features"])
         return feat, parent["atom_features"], settings
     if spec == "table":
-        feat = AtomFeaturizer.from_spec("table", table_path=cfg.graph.atom_table)
+        feat = AtomFeaturizer.from_spec("table", table_path=resolve_atom_table(cfg.graph.atom_table))
     else:
         feat = AtomFeaturizer.from_spec(spec)
     state = feat.to_state()
