@@ -420,3 +420,16 @@ def test_property_model_predicts_zero_piezo_for_nacl_in_physical_units(crystals,
     assert pred.shape == (2, 3, 3, 3)
     assert pred[0].abs().max() < 1e-10
     assert pred[1].abs().max() > 1e-8
+
+
+def test_edge_heads_take_cutoff_and_neighbour_count_from_the_graphs():
+    from matxfer.data.graphs import GraphSettings
+    from matxfer.train.setup import with_graph_defaults
+
+    cg = with_graph_defaults({"name": "edge-tensor", "formula": "ij=ji"}, GraphSettings(cutoff=8.0, max_neighbors=12))
+    assert cg["cutoff"] == 8.0 and cg["avg_num_neighbors"] == 12.0
+    allnb = with_graph_defaults({"name": "edge-tensor", "formula": "ij=ji"}, GraphSettings(cutoff=5.0, max_neighbors=1000))
+    assert allnb["cutoff"] == 5.0 and allnb["avg_num_neighbors"] == 34.0
+    mine = with_graph_defaults({"name": "edge-tensor", "cutoff": 4.0, "avg_num_neighbors": 20.0}, GraphSettings(cutoff=6.0))
+    assert mine["cutoff"] == 4.0 and mine["avg_num_neighbors"] == 20.0
+    assert with_graph_defaults({"name": "tensor"}, GraphSettings(cutoff=5.0)) == {"name": "tensor"}

@@ -53,6 +53,30 @@ def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> Gra
     return GraphSettings(**{k: v for k, v in base.items() if k in known})
 
 
+#: mean neighbour count within 5 A of Materials Project crystals (all neighbours)
+MEAN_NEIGHBORS_5A = 34.0
+
+
+def with_graph_defaults(head_cfg: dict, settings: GraphSettings) -> dict:
+    """Fill an edge tensor head's ``cutoff`` and ``avg_num_neighbors`` from the graphs.
+
+    Edge heads sum over the graph's edges: their distance basis should span the graph's
+    cutoff, and the sum is divided by the typical neighbour count (the Materials Project mean within
+    5 A scaled with the cutoff volume, or the neighbour cap when that is smaller). Values the
+    config gives are kept.
+    """
+    if not str(head_cfg.get("name", "")).startswith("edge-"):
+        return head_cfg
+    out = dict(head_cfg)
+    out.setdefault("cutoff", float(settings.cutoff))
+    if "avg_num_neighbors" not in out:
+        avg = MEAN_NEIGHBORS_5A * (float(settings.cutoff) / 5.0) ** 3
+        if settings.max_neighbors:
+            avg = min(avg, float(settings.max_neighbors))
+        out["avg_num_neighbors"] = round(avg, 1)
+    return out
+
+
 def resolve_atom_table(path: str | None) -> str | None:
     """An ``atom_init.json`` path as given, else relative to the pretrained-weights directory
     (so ``cgcnn/atom_init.json`` finds the original CGCNN table wherever it is installed)."""
@@ -134,7 +158,7 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
                 raise ValueError(f"transfer.keep_heads: the checkpoint has no head {t!r}")
             heads[t] = dict(parent["model_config"]["heads"][t])
         else:
-            heads[t] = user_heads.get(t) or default_head(task, equivariant)
+            heads[t] = with_graph_defaults(user_heads.get(t) or default_head(task, equivariant), settings)
     model = build_model({"backbone": bb_cfg, "heads": heads}, tasks)
 
     if parent is not None:
