@@ -391,6 +391,15 @@ def _default_cgcnn():
 _NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
+def _atomic_numbers(structure: Structure) -> np.ndarray:
+    """Atomic numbers of an ordered structure (``site.specie``: cheaper than
+    ``Structure.atomic_numbers``, which goes through each site's composition)."""
+    try:
+        return np.fromiter((site.specie.Z for site in structure), dtype=np.int64, count=len(structure))
+    except AttributeError:  # a disordered site has no single specie
+        return np.asarray(structure.atomic_numbers, dtype=np.int64)
+
+
 def structure_to_graph(
     structure: Structure,
     settings: GraphSettings,
@@ -417,7 +426,7 @@ def structure_to_graph(
     Raises:
         ValueError: featurizer missing or mismatched, or an element missing from its table.
     """
-    z = np.asarray(structure.atomic_numbers, dtype=np.int64)
+    z = _atomic_numbers(structure)
     x = None
     if atom_features is not None:
         x = np.asarray(atom_features)
@@ -446,7 +455,9 @@ def structure_to_graph(
         K.MATERIAL_ID: material_id,
     }
     if x is not None:
-        fields[K.ATOM_FEATURES] = torch.as_tensor(x, dtype=dtype)
+        x = np.asarray(x)
+        own = atom_features is None and x.dtype == np_dtype  # a fresh array from the featurizer
+        fields[K.ATOM_FEATURES] = torch.from_numpy(x) if own else torch.tensor(x, dtype=dtype)
     if settings.line_graph:
         fields[K.LINE_INDEX] = line_graph_index(edge_index)
     return new_graph(fields)
