@@ -216,7 +216,9 @@ def _load(path: Path) -> dict | None:
     return blob
 
 
-def _save(path: Path, blob: dict) -> None:
+def save_atomic(path: Path, blob) -> None:
+    """``torch.save`` through a unique temporary file and a rename: readers (and parallel
+    writers) never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -321,7 +323,7 @@ def build_graphs(
             "failures": [why for _, why in failures],
         }
         try:
-            _save(path, blob)
+            save_atomic(path, blob)
             log.info("cached %d graphs at %s", len(graphs), path)
         except OSError as exc:
             log.warning("could not write graph cache %s: %s", path, exc)

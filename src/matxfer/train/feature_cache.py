@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -176,15 +175,11 @@ def load_or_compute(
         for i, o in zip(missing, fresh):
             store[keys[i]] = o
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-            os.close(fd)
+            from matxfer.data.graph_cache import save_atomic
+
             try:
-                torch.save(store, tmp)
-                os.replace(tmp, path)
+                save_atomic(path, store)
             except OSError as exc:
                 log.warning("could not write feature cache %s: %s", path, exc)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
     stats = {"reused": len(graphs) - len(missing), "computed": len(missing)}
     return [store[k] for k in keys], stats
