@@ -160,9 +160,13 @@ def _lit_module_class():
         def validation_step(self, batch, batch_idx):
             loss, losses = self._step(batch)
             bs = int(batch.num_graphs)
-            self.log("val_loss", loss, batch_size=bs, on_step=False, on_epoch=True, prog_bar=True)
+            # averaged over the processes of a multi-device run, so that every rank takes the
+            # same early-stopping and best-model decisions
+            self.log("val_loss", loss, batch_size=bs, on_step=False, on_epoch=True, prog_bar=True,
+                     sync_dist=True)
             for name, l in losses.items():
-                self.log(f"val_loss/{name}", l, batch_size=bs, on_step=False, on_epoch=True)
+                self.log(f"val_loss/{name}", l, batch_size=bs, on_step=False, on_epoch=True,
+                         sync_dist=True)
 
         def on_validation_epoch_end(self):
             # wall-clock time since the start, so error-vs-time curves can be drawn from the CSV log
@@ -219,7 +223,8 @@ def _best_tracker_class():
                 self.best = val
                 self.best_epoch = trainer.current_epoch
                 self.best_state = copy.deepcopy(pl_module.model.state_dict())
-                self.on_improve(pl_module.model, val, trainer.current_epoch)
+                if trainer.is_global_zero:  # one writer in a multi-process run
+                    self.on_improve(pl_module.model, val, trainer.current_epoch)
 
     return BestTracker
 
@@ -499,6 +504,11 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         if tracker.best_state is not None:
             model.load_state_dict(tracker.best_state)
         model.eval()
+        if not trainer.is_global_zero:
+            # other processes of a multi-device run: rank 0 evaluates and writes the run
+            return FitResult(out, out / "model.ckpt", {}, time.time() - t0,
+                             trainable_parameters(model), tracker.best_epoch)
+        model.cpu()
         metrics = {}
         for split_name in ("val", "test"):
             ids = getattr(data.split, split_name)
