@@ -40,6 +40,7 @@ def _print_json(obj, out: str | None = None) -> None:
 
 
 def _count_local(spec, root) -> int:
+    root = spec.resolve_root(root, generate=False)
     if not spec.available(root):
         return 0
     return sum(1 for _ in spec.parser(spec.paths(root)))

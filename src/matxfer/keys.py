@@ -51,3 +51,6 @@ FORMATION_ENERGY_PER_ATOM: Final[str] = "formation_energy_per_atom"  # eV/atom
 BAND_GAP: Final[str] = "band_gap"  # eV
 EIJ_MAX: Final[str] = "eij_max"  # C/m^2
 REFRACTIVE_INDEX: Final[str] = "refractive_index"  # dimensionless
+ENERGY: Final[str] = "energy"  # eV per cell
+ENERGY_PER_ATOM: Final[str] = "energy_per_atom"  # eV/atom
+FORCES: Final[str] = "forces"  # per atom [n_atoms, 3] eV/Angstrom

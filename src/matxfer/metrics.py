@@ -4,7 +4,9 @@ Scalars: ``n``, ``mae``, ``rmse``, ``r2``. Tensors: ``n``, ``mae_voigt`` (mean |
 Voigt components), ``fnorm_rel`` (mean ||pred - true||_F / ||true||_F over entries with a
 non-zero true tensor), and derived quantities: elastic ``k_vrh_mae``, ``g_vrh_mae``,
 ``log10_k_vrh_mae``, ``log10_g_vrh_mae``, ``frac_pos_def``; dielectric ``mean_eig_mae``;
-piezo ``eij_max_mae``.
+piezo ``eij_max_mae``. Forces (per-atom vectors): ``n`` (atoms), ``mae`` (per component),
+``rmse``, ``mae_norm`` (mean |F_pred - F_true|) and ``cos_mean`` (mean cosine between
+predicted and true forces on atoms with |F_true| > 0.05 eV/A).
 """
 
 from __future__ import annotations
@@ -83,6 +85,27 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str
     elif formula == "ijk=ikj":
         out["eij_max_mae"] = float(np.mean([abs(eij_max(p) - eij_max(t)) for p, t in zip(pred, true)]))
     return out
+
+
+def force_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Metrics of per-atom force vectors ``[n_atoms, 3]`` (all crystals concatenated)."""
+    pred = np.asarray(pred, dtype=float).reshape(-1, 3)
+    true = np.asarray(true, dtype=float).reshape(-1, 3)
+    n = len(true)
+    if n == 0:
+        return {"n": 0}
+    err = pred - true
+    tn = np.linalg.norm(true, axis=1)
+    pn = np.linalg.norm(pred, axis=1)
+    big = (tn > 0.05) & (pn > 0)
+    cos = (pred[big] * true[big]).sum(1) / (pn[big] * tn[big]) if big.any() else np.array([])
+    return {
+        "n": n,
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "mae_norm": float(np.linalg.norm(err, axis=1).mean()),
+        "cos_mean": float(cos.mean()) if cos.size else float("nan"),
+    }
 
 
 def finite_or_none(metrics: dict) -> dict:

@@ -212,3 +212,44 @@ class IrrepsNormalizer(nn.Module):
     def extra_repr(self) -> str:
         """Show the formula and irreps."""
         return f"formula={self.formula!r}, irreps={self.irreps}"
+
+
+class VectorNormalizer(nn.Module):
+    """Normaliser of per-atom Cartesian vectors (forces): ``F / scale``, no shift.
+
+    ``scale`` is the RMS of the training vectors' components. A single scale for the three
+    components (and no mean) keeps the normalised vectors rotating with the crystal.
+
+    Buffers: ``scale []`` (1 before fitting), ``count []`` (vectors fitted on).
+    """
+
+    def __init__(self):
+        super().__init__()
+        dt = torch.get_default_dtype()
+        self.register_buffer("scale", torch.tensor(1.0, dtype=dt))
+        self.register_buffer("count", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def fit(self, values: Tensor) -> VectorNormalizer:
+        """Set ``scale`` from ``values [N, 3]``."""
+        v = torch.as_tensor(values).detach().to(torch.float64)
+        if v.ndim != 2 or v.shape[-1] != 3 or v.shape[0] == 0:
+            raise ValueError(f"fit needs [N, 3] vectors with N >= 1, got shape {tuple(v.shape)}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError("cannot fit a normaliser on non-finite vectors")
+        rms = float(v.pow(2).mean().sqrt())
+        self.scale.fill_(rms if rms > 1e-12 else 1.0)
+        self.count.fill_(v.shape[0])
+        return self
+
+    def normalize(self, y: Tensor) -> Tensor:
+        """Physical ``[..., 3]`` -> normalised."""
+        return y / self.scale.to(y.dtype)
+
+    def denormalize(self, y: Tensor) -> Tensor:
+        """Normalised ``[..., 3]`` -> physical."""
+        return y * self.scale.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        """Show the fitted scale."""
+        return f"scale={float(self.scale):.6g}"

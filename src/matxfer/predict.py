@@ -2,7 +2,7 @@
 
 For every structure and task: the Cartesian tensor, its Voigt form and derived quantities
 (elastic: K_VRH, G_VRH, mechanical stability; dielectric: mean eigenvalue; piezo: eij_max),
-or the scalar value. Unreadable inputs are reported with the file and the reason; one bad
+the scalar value, or per-atom values (Born charges; forces with their largest norm). Unreadable inputs are reported with the file and the reason; one bad
 file never stops the others.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from matxfer.data.records import RecordError, check_structure
-from matxfer.tasks import ATOM_TENSOR, SCALAR, Task
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,10 @@ class Predictor:
                 continue
             if task.kind == ATOM_TENSOR:
                 out[name] = val.tolist()
+                continue
+            if task.kind == FORCES:
+                out[name] = {"per_atom": val.tolist(), "units": task.units,
+                             "max_norm": float(np.linalg.norm(val, axis=1).max()) if len(val) else 0.0}
                 continue
             entry: dict[str, Any] = {"cartesian": val.tolist(), "units": task.units}
             entry["voigt"] = cartesian_to_voigt(val).tolist()

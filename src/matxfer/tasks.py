@@ -9,6 +9,7 @@ from matxfer.data.records import TARGET_FORMULAS, TARGET_SHAPES, TARGET_UNITS
 SCALAR = "scalar"
 TENSOR = "tensor"
 ATOM_TENSOR = "atom_tensor"
+FORCES = "forces"  # one Cartesian vector per atom
 LOSSES = ("mse", "l1", "huber")
 
 
@@ -18,7 +19,8 @@ class Task:
 
     Attributes:
         name: the label key (e.g. ``elastic_tensor``, ``band_gap``).
-        kind: ``scalar``, ``tensor`` (one Cartesian tensor per crystal) or ``atom_tensor``.
+        kind: ``scalar``, ``tensor`` (one Cartesian tensor per crystal), ``atom_tensor`` (one
+            per atom) or ``forces`` (one Cartesian vector per atom).
         formula: index symmetry of a tensor (``ij=ji``, ``ijk=ikj``, ``ijkl=jikl=klij``, ``ij``).
         units: physical units of the label.
         weight: weight of this task in the summed loss.
@@ -54,14 +56,14 @@ class Task:
 
 
 def default_loss(kind: str) -> str:
-    """Loss of a task whose config names none: ``mse`` for scalars, ``l1`` for tensors.
+    """Loss of a task whose config names none: ``mse`` for scalars and forces, ``l1`` for tensors.
 
     Tensor labels are heavy-tailed (dielectric constants near soft modes reach hundreds,
     most piezoelectric tensors are near zero); measured on ``petousis-dielectric-2017``
     (711 training tensors, same model and budget), ``l1`` gave a test ``mae_voigt`` of 5.0
     against 6.0 for ``mse``.
     """
-    return "mse" if kind == SCALAR else "l1"
+    return "mse" if kind in (SCALAR, FORCES) else "l1"
 
 
 def make_task(target: str, weight: float = 1.0, loss: str | None = None, units: str | None = None) -> Task:
@@ -70,7 +72,9 @@ def make_task(target: str, weight: float = 1.0, loss: str | None = None, units: 
     ``loss=None`` takes :func:`default_loss` of the task's kind.
     """
     formula = TARGET_FORMULAS.get(target)
-    if formula is None:
+    if TARGET_SHAPES.get(target) == (-1, 3):
+        kind = FORCES
+    elif formula is None:
         kind = SCALAR
     elif TARGET_SHAPES.get(target, (0,))[0] == -1:
         kind = ATOM_TENSOR
@@ -84,6 +88,8 @@ def default_head(task: Task, backbone_is_equivariant: bool) -> dict:
     """Head config for a task when the run config names none."""
     if task.kind == SCALAR:
         return {"name": "scalar"}
+    if task.kind == FORCES:
+        return {"name": "direct-forces"}
     if task.kind == ATOM_TENSOR:
         return {"name": "born"} if backbone_is_equivariant else {"name": "edge-atom-tensor"}
     if backbone_is_equivariant:

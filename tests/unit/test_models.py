@@ -371,6 +371,10 @@ def test_head_contract(name, formula, spec, eq_backbone, cg_backbone, si, zno):
     assert rebuilt.state_dict().keys() == head.state_dict().keys()
     batch = _batch([si, zno], BACKBONES[bb.registry_name])
     bb.eval()
+    if getattr(cls, "conservative", False):  # -dE/dpos: only through PropertyModel
+        with pytest.raises(ValueError, match="PropertyModel"):
+            head(bb(batch), batch)
+        return
     with torch.no_grad():
         y = head(bb(batch), batch)
     n_rows = len(si) + len(zno) if getattr(cls, "per_atom", False) else 2

@@ -26,8 +26,9 @@ gives a byte-identical file.
 :func:`parse_emt` turns the file into matxfer records with labels ``energy`` (eV per cell)
 and ``energy_per_atom``; forces ``[n_atoms, 3]`` are a label when
 ``records.TARGET_SHAPES`` knows ``"forces"`` and otherwise travel in ``record.meta["forces"]``
-(:func:`record_forces` reads either). :func:`register_emt_dataset` adds the ``emt-metals``
-entry to the dataset registry.
+(:func:`record_forces` reads either). The registry holds the dataset as ``emt-metals``;
+when its file is not in the data directory it is generated on first use (300
+configurations, seed 0, a few seconds) into matxfer's cache directory.
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ def emt_spec():
         "binary alloys (4-32 atoms): EMT energies (eV/cell) and forces (eV/A); not DFT",
         downloads=(),
         has_material_ids=False,
+        generator=lambda path: generate_emt_dataset(path, n_configs=300, seed=0),
     )
 
 
@@ -281,6 +283,6 @@ def register_emt_dataset():
     """Add ``emt-metals`` to the dataset registry (once; later calls return the entry)."""
     from matxfer.data.registry import REGISTRY, register
 
-    if EMT_DATASET in REGISTRY:
+    if EMT_DATASET in REGISTRY:  # registered with the built-in datasets
         return REGISTRY[EMT_DATASET]
     return register(emt_spec())

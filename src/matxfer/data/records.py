@@ -24,6 +24,7 @@ TARGET_SHAPES: dict[str, tuple[int, ...]] = {
     K.DIELECTRIC_IONIC: (3, 3),
     K.PIEZO_TENSOR: (3, 3, 3),
     K.BORN_CHARGES: (-1, 3, 3),
+    K.FORCES: (-1, 3),
 }
 
 #: index-symmetry formula of each tensor label (e3nn ``CartesianTensor`` notation)
@@ -55,8 +56,9 @@ TARGET_UNITS: dict[str, str] = {
     K.EIJ_MAX: "C/m^2",
     K.REFRACTIVE_INDEX: "dimensionless",
     "last_phdos_peak": "cm^-1",
-    "energy": "eV",
-    "forces": "eV/Angstrom",
+    K.ENERGY: "eV",
+    K.ENERGY_PER_ATOM: "eV/atom",
+    K.FORCES: "eV/Angstrom",
 }
 
 #: tolerance (relative to the largest component) for "symmetric where it must be". DFPT

@@ -70,6 +70,8 @@ class DatasetSpec:
     description: str
     downloads: tuple[DownloadSpec, ...] = ()
     has_material_ids: bool = True
+    #: synthetic datasets: writes ``files[0]`` under a root (called with that file's path)
+    generator: Callable[[Path], Any] | None = None
 
     def paths(self, root: Path | None = None) -> list[Path]:
         root = Path(root) if root is not None else default_data_dir()
@@ -77,6 +79,24 @@ class DatasetSpec:
 
     def available(self, root: Path | None = None) -> bool:
         return all(p.is_file() for p in self.paths(root))
+
+    def resolve_root(self, root: Path | None = None, generate: bool = True) -> Path:
+        """The directory to read this dataset from.
+
+        ``root`` (default: the data directory) when it has the files; for a synthetic
+        dataset missing there, matxfer's cache directory, where it is generated on first use
+        (deterministically) when ``generate`` is true.
+        """
+        root = Path(root) if root is not None else default_data_dir()
+        if self.available(root) or self.generator is None:
+            return root
+        from matxfer.paths import cache_dir
+
+        gen_root = cache_dir() / "generated"
+        if not self.available(gen_root) and generate:
+            log.info("generating dataset %s in %s", self.name, gen_root)
+            self.generator(gen_root / self.files[0])
+        return gen_root if self.available(gen_root) else root
 
 
 @dataclass
@@ -791,7 +811,7 @@ def load_dataset(
     import pickle
 
     spec = get_spec(name)
-    root = Path(root) if root is not None else default_data_dir()
+    root = spec.resolve_root(root)
     if not use_cache or limit is not None or ids is not None or not spec.available(root):
         return parse_dataset(name, root, limit, ids, progress)
     key = (name, str(root.resolve()))
@@ -844,7 +864,7 @@ def parse_dataset(
         DataMissingError: a file of the dataset is absent (the message says where to put it).
     """
     spec = get_spec(name)
-    root = Path(root) if root is not None else default_data_dir()
+    root = spec.resolve_root(root)
     if not spec.available(root):
         raise DataMissingError(missing_message(spec, root))
     wanted = set(ids) if ids is not None else None
@@ -892,3 +912,9 @@ def parse_dataset(
             *failures[0],
         )
     return LoadedDataset(spec, records, failures)
+
+
+# synthetic datasets generated on first use
+from matxfer.data.emt import emt_spec  # noqa: E402
+
+register(emt_spec())

@@ -117,6 +117,12 @@ class PropertyModel(nn.Module):
         missing = sorted(set(heads) - set(normalizers))
         if missing:
             raise ValueError(f"heads {missing} have no normaliser")
+        for name, head in heads.items():
+            if getattr(head, "conservative", False) and head.energy not in heads:
+                raise ValueError(
+                    f"head {name!r} differentiates energy task {head.energy!r}, which has no head; "
+                    f"heads: {sorted(heads)}"
+                )
         self.backbone = backbone
         self.heads = heads
         self.normalizers = normalizers
@@ -135,6 +141,9 @@ class PropertyModel(nn.Module):
             task -> ``[B]`` (scalar), ``[B, irreps.dim]`` (tensor, normalised irreps) or
             ``[n_atoms, irreps.dim]`` (per-atom tensor).
         """
+        conservative = {n: h for n, h in self.heads.items() if getattr(h, "conservative", False)}
+        if conservative:
+            return self._forward_with_position_gradients(data, conservative)
         out = None
         if self.use_cached_features:
             from matxfer.train.feature_cache import cached_outputs
@@ -143,6 +152,33 @@ class PropertyModel(nn.Module):
         if out is None:
             out = self.backbone(data)
         return {name: head(out, data) for name, head in self.heads.items()}
+
+    def _forward_with_position_gradients(self, data, conservative: dict) -> dict[str, Tensor]:
+        """Outputs when some heads are ``-dE/dpos`` of an energy head (see
+        :class:`~matxfer.models.heads.energy_forces.ConservativeForceHead`)."""
+        import torch
+
+        pos = data[K.POSITIONS]
+        if not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+            data[K.POSITIONS] = pos
+        with torch.enable_grad():
+            out = self.backbone(data)
+            preds = {n: h(out, data) for n, h in self.heads.items() if n not in conservative}
+            for name, head in conservative.items():
+                energy = self.normalizers[head.energy].denormalize(preds[head.energy])
+                if head.energy_is_per_atom:
+                    counts = torch.bincount(data[K.BATCH], minlength=energy.shape[0]) if K.BATCH in data \
+                        else torch.full_like(energy, pos.shape[0])
+                    energy = energy * counts.to(energy.dtype)
+                (grad,) = torch.autograd.grad(
+                    energy.sum(), pos, create_graph=self.training, allow_unused=True
+                )
+                forces = -grad if grad is not None else torch.zeros_like(pos)
+                preds[name] = self.normalizers[name].normalize(forces)
+        if not torch.is_grad_enabled():
+            preds = {k: v.detach() for k, v in preds.items()}
+        return preds
 
     def predict(self, data) -> dict[str, Tensor]:
         """Predictions in physical units.

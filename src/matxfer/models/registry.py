@@ -120,12 +120,14 @@ def _task_field(task, field: str, default=None):
 
 
 def build_normalizer(task) -> nn.Module:
-    """Build the normaliser of a task: scalar (kind ``scalar``) or irreps (tensor kinds)."""
-    from matxfer.normalize import IrrepsNormalizer, ScalarNormalizer
+    """Build the normaliser of a task: scalar, vector (``forces``) or irreps (tensor kinds)."""
+    from matxfer.normalize import IrrepsNormalizer, ScalarNormalizer, VectorNormalizer
 
     kind = _task_field(task, "kind", "scalar")
     if kind == "scalar":
         return ScalarNormalizer()
+    if kind == "forces":
+        return VectorNormalizer()
     formula = _task_field(task, "formula")
     if not formula:
         raise ValueError(f"task {_task_field(task, 'name')!r} of kind {kind!r} has no formula")

@@ -21,7 +21,7 @@ from matxfer.data.graphs import CrystalGraph, GraphSettings
 from matxfer.data.records import TARGET_FORMULAS, CrystalRecord
 from matxfer.data.registry import load_dataset
 from matxfer.data.splits import Split, split_ids, subsample
-from matxfer.tasks import ATOM_TENSOR, SCALAR, Task
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ def attach_labels(graph: CrystalGraph, record: CrystalRecord, tasks: dict[str, T
         if task.kind == SCALAR:
             val = torch.tensor([float(record.labels[name]) if present else 0.0], dtype=dtype)
             mask = torch.tensor([present])
-        elif task.kind == ATOM_TENSOR:
-            shape = (n, 3, 3)
+        elif task.kind in (ATOM_TENSOR, FORCES):
+            shape = (n, 3, 3) if task.kind == ATOM_TENSOR else (n, 3)
             val = (
                 torch.as_tensor(np.asarray(record.labels[name]), dtype=dtype)
                 if present

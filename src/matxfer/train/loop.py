@@ -26,7 +26,7 @@ import yaml
 
 from matxfer import keys as K
 from matxfer.config import RunConfig, to_dict
-from matxfer.tasks import ATOM_TENSOR, SCALAR, Task, make_task
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task, make_task
 from matxfer.train.data import label_key, mask_key
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,17 @@ def _irrep_blocks(formula: str) -> tuple[tuple[int, ...], int]:
 def entry_loss(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Loss of each labelled row (crystal, or atom for per-atom tensors) -> ``[rows]``.
 
-    Scalars: the element-wise loss. Tensors (irreps rows): ``mse`` is the mean squared
-    component error; ``l1`` / ``huber`` apply to the Euclidean norm of each irrep block's
-    error and are averaged over blocks, which keeps the loss rotation invariant.
+    Scalars: the element-wise loss. Tensors (irreps rows) and forces: ``mse`` is the mean
+    squared component error; ``l1`` / ``huber`` apply to the Euclidean norm of each irrep
+    block's error (the whole vector for a force) and are averaged over blocks, which keeps
+    the loss rotation invariant.
     """
-    if task.kind == SCALAR or task.formula is None or task.loss == "mse" or pred.ndim == 1:
+    if task.loss == "mse" or pred.ndim == 1 or (task.kind != FORCES and task.formula is None):
         per = _elementwise(task.loss, pred, target)
         return per.reshape(per.shape[0], -1).mean(dim=1) if per.ndim > 1 else per
+    if task.kind == FORCES:  # one l = 1 block per atom: the length of the error vector
+        norm = torch.sqrt(((pred - target) ** 2).sum(-1) + 1e-12)
+        return _elementwise(task.loss, norm, torch.zeros_like(norm))
     ids, n_blocks = _irrep_blocks(task.formula)
     if pred.shape[-1] != len(ids):
         raise ValueError(
@@ -86,7 +90,7 @@ def entry_loss(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Te
 def normalized_target(model, task: Task, y: torch.Tensor) -> torch.Tensor:
     """Label in the normalised space the head predicts in (irreps for tensors)."""
     norm = model.normalizers[task.name]
-    if task.kind == SCALAR:
+    if task.kind in (SCALAR, FORCES):
         return norm.normalize(y)
     return norm.normalize(norm.from_cartesian(y))
 
@@ -247,7 +251,7 @@ def predict_graphs(model, graphs, batch_size: int = 64) -> list[dict[str, np.nda
         per_graph = [dict() for _ in range(batch.num_graphs)]
         for name, val in pred.items():
             val = val.detach().cpu().double().numpy()
-            if val.shape[0] == batch.num_graphs:
+            if not getattr(model.heads[name], "per_atom", False):
                 for i in range(batch.num_graphs):
                     per_graph[i][name] = val[i]
             else:  # per atom
@@ -261,7 +265,7 @@ def predict_graphs(model, graphs, batch_size: int = 64) -> list[dict[str, np.nda
 
 def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64) -> tuple[dict, dict]:
     """Metrics per task on labelled graphs; also returns (pred, true, ids) per task."""
-    from matxfer.metrics import scalar_metrics, tensor_metrics
+    from matxfer.metrics import force_metrics, scalar_metrics, tensor_metrics
 
     preds = predict_graphs(model, graphs, batch_size)
     metrics: dict[str, dict] = {}
@@ -273,7 +277,7 @@ def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64)
             if not bool(mask.any()):
                 continue
             y = g[label_key(name)].double().numpy()
-            if task.kind == ATOM_TENSOR:
+            if task.kind in (ATOM_TENSOR, FORCES):
                 p.append(pr[name])
                 t.append(y)
             else:
@@ -282,6 +286,10 @@ def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64)
             ids.append(g.material_id)
         if task.kind == SCALAR:
             metrics[name] = scalar_metrics(np.array(p), np.array(t))
+        elif task.kind == FORCES:
+            pa = np.concatenate(p) if p else np.zeros((0, 3))
+            ta = np.concatenate(t) if t else np.zeros((0, 3))
+            metrics[name] = {**force_metrics(pa, ta), "n_structures": len(p)}
         elif task.kind == ATOM_TENSOR:
             pa = np.concatenate(p) if p else np.zeros((0, 3, 3))
             ta = np.concatenate(t) if t else np.zeros((0, 3, 3))
@@ -367,6 +375,8 @@ def _cache_frozen_outputs(cfg: RunConfig, model, settings, graphs: list) -> list
 
     if not cfg.trainer.cache_frozen_features or not backbone_is_frozen(model):
         return []
+    if any(getattr(h, "conservative", False) for h in model.heads.values()):
+        return []  # -dE/dpos needs the backbone itself
     t0 = time.time()
     outputs, stats = load_or_compute(model.backbone, graphs, settings.to_dict(), batch_size=32)
     attach_outputs(graphs, outputs)
@@ -492,6 +502,8 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             enable_model_summary=False,
             log_every_n_steps=max(1, min(50, len(train_loader))),
             num_sanity_val_steps=0,
+            # plain no_grad for validation: conservative forces (-dE/dpos) need autograd there
+            inference_mode=False,
         )
         try:
             trainer.fit(lit, train_loader, val_loader)

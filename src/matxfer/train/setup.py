@@ -14,7 +14,7 @@ import numpy as np
 
 from matxfer.config import RunConfig
 from matxfer.data.graphs import GraphSettings
-from matxfer.tasks import ATOM_TENSOR, SCALAR, Task, default_head
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task, default_head
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def fit_normalizers(model, tasks: dict[str, Task], records, keep: list[str] | tu
         norm = model.normalizers[name]
         if task.kind == SCALAR:
             norm.fit(torch.tensor(np.asarray(vals, dtype=float), dtype=torch.get_default_dtype()))
-        elif task.kind == ATOM_TENSOR:
+        elif task.kind in (ATOM_TENSOR, FORCES):
             arr = np.concatenate([np.asarray(v, dtype=float) for v in vals])
             norm.fit(torch.tensor(arr, dtype=torch.get_default_dtype()))
         else:

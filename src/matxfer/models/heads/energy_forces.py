@@ -11,6 +11,9 @@
   ``f_ij = f_ji`` and, with a symmetric edge list (every periodic graph without a neighbour
   cap), the forces of a crystal sum to exactly zero (Newton's third law). These forces are
   not the gradient of any energy.
+- ``conservative-forces`` (:class:`ConservativeForceHead`): ``F = -dE/dpos`` of the energy
+  task, computed by :class:`~matxfer.models.base.PropertyModel` (train energies and
+  conservative forces together with ``matxfer train``).
 - :func:`conservative_forces`: ``F = -dE/dpos`` by automatic differentiation of the energy
   of a model; ``create_graph`` in training so a force loss can be backpropagated. Stress
   (the cell gradient) is not computed.
@@ -183,6 +186,44 @@ class DirectForceHead(Head):
         f = f * self.envelope(d)
         unit = vec / d.clamp_min(1e-12).unsqueeze(-1)
         return h.new_zeros((h.shape[0], 3)).index_add_(0, dst, f.unsqueeze(-1) * unit)
+
+
+@register_head("conservative-forces")
+class ConservativeForceHead(Head):
+    """Conservative forces ``F = -dE/dpos`` of the model's energy head -> ``[n_atoms, 3]``.
+
+    The head has no weights of its own: :class:`~matxfer.models.base.PropertyModel` runs the
+    backbone with positions that require grad, takes the energy task's prediction in
+    physical units (times the atom count when the energy is per atom) and differentiates it
+    (with ``create_graph`` in training, so the force loss trains the energy head and the
+    backbone). Forces and energies are then consistent by construction.
+
+    Args:
+        in_spec: the backbone's ``out_spec`` (unused).
+        energy: name of the energy task (``energy`` per cell or ``energy_per_atom``).
+        energy_is_per_atom: whether that energy is per atom (default: its name ends in
+            ``per_atom``).
+    """
+
+    per_atom = True
+    conservative = True
+    task_kinds = ("forces",)
+    row_shape: ClassVar[tuple[int, ...]] = (3,)
+
+    def __init__(self, in_spec, energy: str = "energy_per_atom", energy_is_per_atom: bool | None = None):
+        super().__init__()
+        if not isinstance(energy, str) or not energy:
+            raise ValueError(f"energy must name the energy task, got {energy!r}")
+        per_atom = energy.endswith("per_atom") if energy_is_per_atom is None else bool(energy_is_per_atom)
+        self.energy = energy
+        self.energy_is_per_atom = per_atom
+        self.config = {"energy": energy, "energy_is_per_atom": per_atom}
+
+    def forward(self, backbone_out: dict, data) -> Tensor:
+        raise ValueError(
+            "conservative-forces differentiates the model's energy; call it through "
+            "PropertyModel (model(batch)), not on backbone outputs"
+        )
 
 
 def _energy_of(model, data, energy_key: str) -> Tensor:
