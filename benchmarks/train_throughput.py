@@ -67,6 +67,18 @@ CASES: dict[str, tuple[dict, dict]] = {
         {"name": "equivariant", "max_path_l": None, "sh_l_nonscalar": None},
         {"elastic_tensor": {"name": "tensor", "formula": "ijkl=jikl=klij"}},
     ),
+    "alignn+scalar": ({"name": "alignn"}, {"log10_bulk_modulus_vrh": {"name": "scalar"}}),
+    "alignn-w64+scalar": (
+        {"name": "alignn", "width": 64, "n_alignn": 2, "n_gcn": 2},
+        {"log10_bulk_modulus_vrh": {"name": "scalar"}},
+    ),
+    "local-frame+scalar": ({"name": "local-frame"}, {"log10_bulk_modulus_vrh": {"name": "scalar"}}),
+    "chgnet+scalar": ({"name": "chgnet"}, {"log10_bulk_modulus_vrh": {"name": "scalar"}}),
+    # an invariant backbone with the edge outer-product head on the elastic tensor
+    "cgcnn+edge-elastic": (
+        {"name": "cgcnn"},
+        {"elastic_tensor": {"name": "edge-tensor", "formula": "ijkl=jikl=klij"}},
+    ),
 }
 
 
