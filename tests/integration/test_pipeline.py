@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from matxfer import keys as K
-from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
+from matxfer.checkpoint import load_checkpoint
 from matxfer.config import config_from_dict
 from matxfer.train.loop import fit
 
