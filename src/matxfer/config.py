@@ -71,6 +71,7 @@ class GraphConfig:
     max_neighbors: int | None = None
     fallback_k: int = 12
     line_graph: bool | None = None
+    keep_shell: bool | None = None
     atom_features: str | None = None
     atom_table: str | None = None  # path of an atom_init.json for atom_features="table"
 
@@ -83,10 +84,19 @@ class TaskConfig:
         weight: weight of the task in the summed loss.
         loss: ``mse``, ``l1`` or ``huber``; default ``mse`` for scalars and ``l1`` (on the
             norm of each irrep block's error) for tensors.
+        weighting: ``none`` or ``relative``: divide each crystal's loss by the norm of its
+            (normalised) label, floored at ``relative_floor``, so heavy-tailed tensor labels
+            are fitted in relative error instead of being dominated by the few largest.
+        relative_floor: floor of that norm, in normalised units.
+        sign_agnostic: score each crystal by the better of ``y`` and ``-y`` (a diagnostic for
+            labels whose polar axis may point against the structure's; odd-rank tensors only).
     """
 
     weight: float = 1.0
     loss: str | None = None
+    weighting: str = "none"
+    relative_floor: float = 0.1
+    sign_agnostic: bool = False
 
 
 @dataclass
@@ -132,6 +142,9 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = True
     cache_frozen_features: bool = True  # frozen backbone: compute its outputs once
+    # tensor predictions are projected onto the invariants of each crystal's point group
+    # before they are scored (spglib tolerance in Angstrom; None: scored as predicted)
+    symprec: float | None = 0.01
 
 
 @dataclass

@@ -4,7 +4,13 @@ Scalars: ``n``, ``mae``, ``rmse``, ``r2``. Tensors: ``n``, ``mae_voigt`` (mean |
 Voigt components), ``fnorm_rel`` (mean ||pred - true||_F / ||true||_F over entries with a
 non-zero true tensor), and derived quantities: elastic ``k_vrh_mae``, ``g_vrh_mae``,
 ``log10_k_vrh_mae``, ``log10_g_vrh_mae``, ``frac_pos_def``; dielectric ``mean_eig_mae``;
-piezo ``eij_max_mae``. Forces (per-atom vectors): ``n`` (atoms), ``mae`` (per component),
+piezo ``eij_max_mae``. Literature metrics of tensors (GMTNet and its successors), on the
+stored layout (dielectric 3x3, piezo Voigt 3x6, elastic Voigt 6x6): ``fnorm`` (mean
+Frobenius norm of the error), ``fnorm_label`` (mean Frobenius norm of the labels, so that
+``fnorm / fnorm_label`` is a scale-free error), ``ewt25`` / ``ewt10`` / ``ewt5`` (fraction
+of crystals whose error norm is within 25 / 10 / 5 % of their label norm). For piezo the
+same metrics on the crystals with a non-zero label (prefix ``nz_``) and on the
+non-centrosymmetric crystals (prefix ``ncs_``) when the caller says which those are. Forces (per-atom vectors): ``n`` (atoms), ``mae`` (per component),
 ``rmse``, ``mae_norm`` (mean |F_pred - F_true|) and ``cos_mean`` (mean cosine between
 predicted and true forces on atoms with |F_true| > 0.05 eV/A).
 """
@@ -17,6 +23,41 @@ import numpy as np
 
 #: predicted moduli below this are clipped before taking log10 (GPa)
 LOG_FLOOR_GPA = 1.0
+
+#: EwT thresholds (fraction of the label norm)
+EWT_THRESHOLDS = (0.25, 0.10, 0.05)
+
+#: a tensor label whose largest component is below this (label units) counts as zero
+NONZERO_TOL = 1e-6
+
+
+def stored_layout(t: np.ndarray, formula: str) -> np.ndarray:
+    """Tensors ``[n, 3, ...]`` in the layout datasets store them: 3x3 (rank 2, kept
+    Cartesian), Voigt 3x6 (piezo) or Voigt 6x6 (elastic); other formulas unchanged."""
+    from matxfer.tensors import cartesian_to_voigt
+
+    if formula in ("ijk=ikj", "ijkl=jikl=klij"):
+        return np.stack([cartesian_to_voigt(x) for x in t]) if len(t) else t
+    return t
+
+
+def _norm_metrics(pred_l: np.ndarray, true_l: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """fnorm, fnorm_label and EwT of tensors already in the stored layout."""
+    n = len(true_l)
+    if n == 0:
+        return {f"{prefix}n": 0}
+    axes = tuple(range(1, true_l.ndim))
+    en = np.sqrt(((pred_l - true_l) ** 2).sum(axis=axes))
+    tn = np.sqrt((true_l**2).sum(axis=axes))
+    out: dict[str, float] = {
+        f"{prefix}n": n,
+        f"{prefix}fnorm": float(en.mean()),
+        f"{prefix}fnorm_label": float(tn.mean()),
+    }
+    safe = np.where(tn > 0, tn, np.inf)
+    for thr in EWT_THRESHOLDS:
+        out[f"{prefix}ewt{round(thr * 100)}"] = float(np.mean(en <= thr * safe))
+    return out
 
 
 def scalar_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -43,8 +84,24 @@ def elastic_derived(c: np.ndarray) -> dict[str, float]:
     return {"k_vrh": m["k_vrh"], "g_vrh": m["g_vrh"], "pos_def": bool(is_positive_definite(c))}
 
 
-def tensor_metrics(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str, float]:
-    """Metrics of a batch of Cartesian tensors ``[n, 3, ...]`` of one target."""
+def tensor_metrics(
+    pred: np.ndarray,
+    true: np.ndarray,
+    formula: str,
+    centrosymmetric: np.ndarray | None = None,
+    forbidden: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Metrics of a batch of Cartesian tensors ``[n, 3, ...]`` of one target.
+
+    Args:
+        pred, true: ``[n, 3, ...]`` Cartesian tensors in physical units.
+        formula: index symmetry of the target.
+        centrosymmetric: optional ``[n]`` bool, which crystals have an inversion centre;
+            piezo metrics are then also given on the others (``ncs_`` prefix).
+        forbidden: optional bool mask in the stored layout (``[n, 3, 6]`` for piezo...),
+            the components each crystal's point group forbids; adds ``n_forbidden`` and
+            ``forbidden_exact_zero`` (the share of them predicted exactly 0).
+    """
     from matxfer.tensors import cartesian_to_voigt, eij_max, mean_eigenvalue
 
     pred = np.asarray(pred, dtype=float)
@@ -59,12 +116,25 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str
         out["mae_voigt"] = float(np.abs(pv - tv).mean())
     else:
         out["mae"] = float(np.abs(pred - true).mean())
+    pl, tl = stored_layout(pred, formula), stored_layout(true, formula)
+    out.update(_norm_metrics(pl, tl))
+    if forbidden is not None:
+        fb = np.asarray(forbidden, dtype=bool)
+        out["n_forbidden"] = int(fb.sum())
+        out["forbidden_exact_zero"] = float(np.mean(pl[fb] == 0)) if fb.any() else float("nan")
+    if formula == "ijk=ikj":
+        nonzero = np.abs(tl.reshape(n, -1)).max(axis=1) > NONZERO_TOL
+        out.update(_norm_metrics(pl[nonzero], tl[nonzero], "nz_"))
+        if centrosymmetric is not None:
+            ncs = ~np.asarray(centrosymmetric, dtype=bool)
+            out.update(_norm_metrics(pl[ncs], tl[ncs], "ncs_"))
+            out["ncs_fnorm_rel"] = _fnorm_rel(pred[ncs], true[ncs])
+            cs = ~ncs
+            if cs.any():  # symmetry forbids every component: the share predicted exactly 0
+                out["cs_exact_zero"] = float(np.mean(np.abs(pl[cs].reshape(int(cs.sum()), -1)).max(axis=1) == 0))
+    out["fnorm_rel"] = _fnorm_rel(pred, true)
     axes = tuple(range(1, pred.ndim))
-    tn = np.sqrt((true**2).sum(axis=axes))
-    en = np.sqrt(((pred - true) ** 2).sum(axis=axes))
-    nz = tn > 1e-12
-    out["fnorm_rel"] = float((en[nz] / tn[nz]).mean()) if nz.any() else float("nan")
-    out["n_nonzero"] = int(nz.sum())
+    out["n_nonzero"] = int((np.sqrt((true**2).sum(axis=axes)) > 1e-12).sum())
     if formula == "ijkl=jikl=klij":
         dp = [elastic_derived(p) for p in pred]
         dt = [elastic_derived(t) for t in true]
@@ -84,6 +154,33 @@ def tensor_metrics(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str
         )
     elif formula == "ijk=ikj":
         out["eij_max_mae"] = float(np.mean([abs(eij_max(p) - eij_max(t)) for p, t in zip(pred, true)]))
+    return out
+
+
+def _fnorm_rel(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean ``||pred - true||_F / ||true||_F`` (Cartesian) over crystals with a non-zero label."""
+    if len(true) == 0:
+        return float("nan")
+    axes = tuple(range(1, true.ndim))
+    tn = np.sqrt((true**2).sum(axis=axes))
+    en = np.sqrt(((pred - true) ** 2).sum(axis=axes))
+    nz = tn > 1e-12
+    return float((en[nz] / tn[nz]).mean()) if nz.any() else float("nan")
+
+
+def baseline_metrics(
+    true: np.ndarray,
+    formula: str,
+    train_mean: np.ndarray | None,
+    centrosymmetric: np.ndarray | None = None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of the two trivial predictors on the same crystals: ``zero`` (every tensor 0)
+    and ``train_mean`` (the mean training label, in the labels' frame), when given."""
+    true = np.asarray(true, dtype=float)
+    out = {"zero": tensor_metrics(np.zeros_like(true), true, formula, centrosymmetric)}
+    if train_mean is not None and len(true):
+        mean = np.broadcast_to(np.asarray(train_mean, dtype=float), true.shape)
+        out["train_mean"] = tensor_metrics(mean, true, formula, centrosymmetric)
     return out
 
 
@@ -109,7 +206,24 @@ def force_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 
 def finite_or_none(metrics: dict) -> dict:
-    """Replace NaN/inf by None so the dict is valid JSON."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()
-    }
+    """Replace NaN/inf by None (in nested dicts too) so the dict is valid JSON."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out[k] = finite_or_none(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics as one level of dotted keys (``baselines.zero.mae_voigt``)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

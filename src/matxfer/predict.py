@@ -19,7 +19,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from matxfer.data.records import RecordError, check_structure
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, TENSOR, Task
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,12 @@ class Predictor:
     settings: Any
     featurizer: Any = None
     ckpt: dict = field(default_factory=dict)
+    #: spglib tolerance (Angstrom) of the point group each tensor prediction is projected
+    #: onto (symmetry-forbidden components exactly 0); None keeps the raw model output
+    symprec: float | None = 0.01
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, symprec: float | None = 0.01) -> Predictor:
         from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
         from matxfer.data.atom_features import AtomFeaturizer
         from matxfer.data.graphs import GraphSettings
@@ -88,7 +91,7 @@ class Predictor:
         model, tasks = model_from_checkpoint(ckpt)
         settings = GraphSettings.from_dict(ckpt["graph"])
         feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
-        return cls(model, tasks, settings, feat, ckpt)
+        return cls(model, tasks, settings, feat, ckpt, symprec)
 
     def graph(self, structure: Structure, name: str = ""):
         from matxfer.data.graphs import structure_to_graph
@@ -108,9 +111,19 @@ class Predictor:
         names = names or [s.composition.reduced_formula for s in structures]
         graphs = [self.graph(s, n) for s, n in zip(structures, names)]
         raw = predict_graphs(self.model, graphs, batch_size)
+        tensor_formulas = {k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR}
+        symmetry: list[dict[str, Any]] = [{} for _ in graphs]
+        if self.symprec is not None and tensor_formulas:
+            from matxfer.symmetry import project_predictions
+
+            groups = project_predictions(raw, graphs, tensor_formulas, self.symprec)
+            symmetry = [
+                {"symmetry": {"point_group": pg.symbol, "symprec": pg.symprec, "projected": True}}
+                for pg in groups
+            ]
         return [
-            {"name": n, "formula": s.composition.reduced_formula, **self.describe(r)}
-            for n, s, r in zip(names, structures, raw)
+            {"name": n, "formula": s.composition.reduced_formula, **sym, **self.describe(r)}
+            for n, s, r, sym in zip(names, structures, raw, symmetry)
         ]
 
     def describe(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -150,9 +163,15 @@ class Predictor:
         return out
 
 
-def predict_files(ckpt: str | Path, inputs: list[str | Path]) -> tuple[list[dict], list[dict]]:
-    """Predict on files/folders; returns (results, errors) where errors name file and reason."""
-    pred = Predictor.from_checkpoint(ckpt)
+def predict_files(
+    ckpt: str | Path, inputs: list[str | Path], symprec: float | None = 0.01
+) -> tuple[list[dict], list[dict]]:
+    """Predict on files/folders; returns (results, errors) where errors name file and reason.
+
+    ``symprec``: tensor predictions are projected onto each crystal's point group found with
+    this spglib tolerance (Angstrom); None keeps the raw model output.
+    """
+    pred = Predictor.from_checkpoint(ckpt, symprec=symprec)
     files = expand_inputs(inputs)
     if not files:
         raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")

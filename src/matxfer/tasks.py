@@ -11,6 +11,7 @@ TENSOR = "tensor"
 ATOM_TENSOR = "atom_tensor"
 FORCES = "forces"  # one Cartesian vector per atom
 LOSSES = ("mse", "l1", "huber")
+WEIGHTINGS = ("none", "relative")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class Task:
             irreps space: ``mse`` is the mean squared component error; ``l1`` and ``huber``
             act on the Euclidean norm of each irrep block's error (one norm per ``2l+1``
             block), so every loss is independent of the crystal's orientation.
+        weighting: ``none``, or ``relative`` (each crystal's loss divided by
+            ``max(||y||, relative_floor)`` in normalised units: relative error).
+        relative_floor: the floor of ``relative`` weighting.
+        sign_agnostic: the loss of each crystal is ``min(L(p, y), L(p, -y))`` (a diagnostic
+            for polar-axis orientation of odd-rank tensor labels).
     """
 
     name: str
@@ -36,10 +42,25 @@ class Task:
     units: str = ""
     weight: float = 1.0
     loss: str = "mse"
+    weighting: str = "none"
+    relative_floor: float = 0.1
+    sign_agnostic: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"task {self.name!r}: unknown loss {self.loss!r}; valid: {LOSSES}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(
+                f"task {self.name!r}: unknown weighting {self.weighting!r}; valid: {WEIGHTINGS}"
+            )
+        if not self.relative_floor > 0:
+            raise ValueError(
+                f"task {self.name!r}: relative_floor must be > 0, got {self.relative_floor}"
+            )
+        if self.sign_agnostic and (self.kind != TENSOR or self.rank % 2 == 0):
+            raise ValueError(
+                f"task {self.name!r}: sign_agnostic applies to odd-rank crystal tensors only"
+            )
         if self.weight < 0:
             raise ValueError(f"task {self.name!r}: weight must be >= 0, got {self.weight}")
 
@@ -66,10 +87,17 @@ def default_loss(kind: str) -> str:
     return "mse" if kind in (SCALAR, FORCES) else "l1"
 
 
-def make_task(target: str, weight: float = 1.0, loss: str | None = None, units: str | None = None) -> Task:
+def make_task(
+    target: str,
+    weight: float = 1.0,
+    loss: str | None = None,
+    units: str | None = None,
+    **options,
+) -> Task:
     """The task for a label key, with kind/formula/units from the label tables.
 
-    ``loss=None`` takes :func:`default_loss` of the task's kind.
+    ``loss=None`` takes :func:`default_loss` of the task's kind; ``options`` are the other
+    :class:`Task` fields (``weighting``, ``relative_floor``, ``sign_agnostic``).
     """
     formula = TARGET_FORMULAS.get(target)
     if TARGET_SHAPES.get(target) == (-1, 3):
@@ -81,7 +109,7 @@ def make_task(target: str, weight: float = 1.0, loss: str | None = None, units: 
     else:
         kind = TENSOR
     loss = loss or default_loss(kind)
-    return Task(target, kind, formula, units or TARGET_UNITS.get(target, ""), weight, loss)
+    return Task(target, kind, formula, units or TARGET_UNITS.get(target, ""), weight, loss, **options)
 
 
 def default_head(task: Task, backbone_is_equivariant: bool) -> dict:

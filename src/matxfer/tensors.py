@@ -401,19 +401,12 @@ def point_group_rotations(structure: Any, symprec: float = 0.01) -> np.ndarray:
 
     Returns:
         ``[n_ops, 3, 3]`` float64, the distinct rotational parts (proper and improper) of the
-        space-group operations, identity included, in the Cartesian frame of ``structure``.
+        space-group operations, identity included, in the Cartesian frame of ``structure``
+        (see :func:`matxfer.symmetry.structure_point_group`).
     """
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from matxfer.symmetry import structure_point_group
 
-    ops = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_operations(cartesian=True)
-    rots: list[np.ndarray] = []
-    for op in ops:
-        r = np.asarray(op.rotation_matrix, dtype=np.float64)
-        if not any(np.abs(r - q).max() < 1e-6 for q in rots):
-            rots.append(r)
-    if not rots:
-        rots.append(np.eye(3))
-    return np.stack(rots)
+    return structure_point_group(structure, symprec).rotations
 
 
 def symmetrize(t: Any, rotations: Any) -> np.ndarray | torch.Tensor:

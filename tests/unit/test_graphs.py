@@ -69,8 +69,12 @@ def test_single_atom_in_large_cell_uses_fallback():
     assert (nl.src == 0).all() and (nl.dst == 0).all()  # its own periodic images
     np.testing.assert_allclose(np.sort(nl.dist), [20.0] * 6 + [20.0 * np.sqrt(2)] * 6)
     assert len({tuple(x) for x in nl.shift}) == 12
-    g = structure_to_graph(s, GraphSettings(cutoff=5.0, fallback_k=12))
+    g = structure_to_graph(s, GraphSettings(cutoff=5.0, fallback_k=12, keep_shell=False))
     assert int(g.n_fallback) == 1 and g.edge_index.shape == (2, 12)
+    # keeping the shell: the 12 images at 20*sqrt(2) form one shell, so the fallback keeps
+    # all of them (6 + 12) rather than 6 chosen by image order
+    g = structure_to_graph(s, GraphSettings(cutoff=5.0, fallback_k=12))
+    assert int(g.n_fallback) == 1 and g.edge_index.shape == (2, 18)
 
 
 def test_bcc_cs_fallback():

@@ -52,6 +52,11 @@ class GraphSettings:
         max_neighbors: keep at most this many nearest neighbours per atom (None: all).
         fallback_k: neighbours given to an atom that has none inside ``cutoff``.
         line_graph: also build the bond-pair (line) graph (ALIGNN).
+        keep_shell: with ``max_neighbors``, keep every neighbour as close as the last one kept
+            (within :data:`SHELL_TOL`), so a cut never splits a shell of equidistant
+            neighbours: splitting one by atom index breaks the crystal's point group, and
+            an equivariant model's output with it. Settings stored before this option
+            existed read as ``False`` (the cut as it was).
         atom_features: ``"none"`` (atomic numbers only), ``"cgcnn"`` (92-dim one-hot
             element properties) or ``"table:<sha256>"`` for a user ``atom_init.json`` table.
     """
@@ -61,6 +66,7 @@ class GraphSettings:
     fallback_k: int = 12
     line_graph: bool = False
     atom_features: str = "none"
+    keep_shell: bool = True
 
     def __post_init__(self) -> None:
         if not (self.cutoff > 0):
@@ -78,7 +84,7 @@ class GraphSettings:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown graph settings: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"keep_shell": False, **d})  # stored before keep_shell: the old cut
 
     def key(self) -> str:
         """Short stable hash of the settings (cache key component)."""
@@ -103,6 +109,11 @@ except ImportError:  # pragma: no cover - pymatgen without its compiled extensio
 
 #: distances below this are an atom paired with itself (pymatgen's default tolerance)
 _SELF_TOL = 1e-8
+
+#: neighbours this close (Angstrom) to the last one kept by ``max_neighbors`` count as the same
+#: shell (``GraphSettings.keep_shell``); CIF coordinates rounded to 4-5 decimals leave
+#: symmetry-equivalent distances differing by ~1e-4 A
+SHELL_TOL = 1e-3
 
 
 class _Searcher:
@@ -182,15 +193,25 @@ def _edge_order(dst, src, shift, dist, n_atoms: int | None = None) -> np.ndarray
     return np.lexsort((k2, q, dst))
 
 
-def _sort_and_cap(dst, src, shift, dist, cap: int | None, n_atoms: int | None = None):
-    """Sort edges by (centre, distance, neighbour, image) and keep ``cap`` per centre."""
+def _sort_and_cap(
+    dst, src, shift, dist, cap: int | None, n_atoms: int | None = None, keep_shell: bool = False
+):
+    """Sort edges by (centre, distance, neighbour, image) and keep ``cap`` per centre (and,
+    with ``keep_shell``, every further neighbour within :data:`SHELL_TOL` of the last kept)."""
     if len(dst) == 0:
         return dst, src, shift, dist
     order = _edge_order(dst, src, shift, dist, n_atoms)
     if cap is not None:
         sdst = dst[order]
-        rank = np.arange(len(sdst)) - np.searchsorted(sdst, sdst, side="left")
-        order = order[rank < cap]
+        first = np.searchsorted(sdst, sdst, side="left")
+        rank = np.arange(len(sdst)) - first
+        keep = rank < cap
+        if keep_shell:
+            sdist = dist[order]
+            # distance of each centre's cap-th neighbour (its last kept one)
+            last = np.minimum(first + cap - 1, np.searchsorted(sdst, sdst, side="right") - 1)
+            keep |= sdist <= sdist[last] + SHELL_TOL
+        order = order[keep]
     return dst[order], src[order], shift[order], dist[order]
 
 
@@ -200,7 +221,7 @@ def _sort_and_cap(dst, src, shift, dist, cap: int | None, n_atoms: int | None = 
 _PRESEARCH_FACTOR = 2.0
 
 
-def _capped_search(searcher: _Searcher, cutoff: float, cap: int):
+def _capped_search(searcher: _Searcher, cutoff: float, cap: int, keep_shell: bool = False):
     """All edges needed for the nearest ``cap`` neighbours within ``cutoff`` of every atom.
 
     Same result as searching the whole cutoff and keeping the ``cap`` nearest, but most atoms
@@ -213,7 +234,9 @@ def _capped_search(searcher: _Searcher, cutoff: float, cap: int):
     if r0 >= 0.8 * cutoff:
         return searcher.search(cutoff)
     dst, src, shift, dist = searcher.search(r0)
-    inside = np.bincount(dst[dist < r0 - 1e-6], minlength=n)
+    # with keep_shell the shell at the cap may reach SHELL_TOL beyond the cap-th neighbour
+    margin = SHELL_TOL + 1e-6 if keep_shell else 1e-6
+    inside = np.bincount(dst[dist < r0 - margin], minlength=n)
     short = np.flatnonzero(inside < cap)
     if len(short) == 0:
         return dst, src, shift, dist
@@ -232,6 +255,7 @@ def neighbor_list(
     cutoff: float,
     max_neighbors: int | None = None,
     fallback_k: int = 12,
+    keep_shell: bool = False,
 ) -> NeighborList:
     """Periodic neighbour list of ``structure``.
 
@@ -242,20 +266,24 @@ def neighbor_list(
         fallback_k: an atom with no neighbour inside ``cutoff`` gets its ``fallback_k``
             nearest neighbours (the radius is widened until enough are found; never more
             than ``max_neighbors``).
+        keep_shell: keep the whole shell at the ``max_neighbors`` cut (see
+            :class:`GraphSettings`).
 
     Returns:
         A :class:`NeighborList` sorted by centre atom, then distance.
     """
-    return _neighbor_list(_Searcher(structure), cutoff, max_neighbors, fallback_k)
+    return _neighbor_list(_Searcher(structure), cutoff, max_neighbors, fallback_k, keep_shell)
 
 
-def _neighbor_list(searcher: _Searcher, cutoff, max_neighbors, fallback_k) -> NeighborList:
+def _neighbor_list(
+    searcher: _Searcher, cutoff, max_neighbors, fallback_k, keep_shell: bool = False
+) -> NeighborList:
     n = searcher.n
     if max_neighbors is None:
         dst, src, shift, dist = searcher.search(cutoff)
     else:
-        dst, src, shift, dist = _capped_search(searcher, cutoff, max_neighbors)
-    dst, src, shift, dist = _sort_and_cap(dst, src, shift, dist, max_neighbors, n)
+        dst, src, shift, dist = _capped_search(searcher, cutoff, max_neighbors, keep_shell)
+    dst, src, shift, dist = _sort_and_cap(dst, src, shift, dist, max_neighbors, n, keep_shell)
     counts = np.bincount(dst, minlength=n)
     lonely = np.flatnonzero(counts == 0)
     n_fallback = len(lonely)
@@ -275,7 +303,7 @@ def _neighbor_list(searcher: _Searcher, cutoff, max_neighbors, fallback_k) -> Ne
                 f"atoms {lonely[found == 0].tolist()} have no neighbour within "
                 f"{MAX_FALLBACK_RADIUS} A"
             )
-        c, p, im, d = _sort_and_cap(c, p, im, d, fallback_k)
+        c, p, im, d = _sort_and_cap(c, p, im, d, fallback_k, keep_shell=keep_shell)
         dst = np.concatenate([dst, c])
         src = np.concatenate([src, p])
         shift = np.concatenate([shift, im])
@@ -437,7 +465,9 @@ def structure_to_graph(
         if feat is not None:
             x = feat(z)
     searcher = _Searcher(structure)
-    nl = _neighbor_list(searcher, settings.cutoff, settings.max_neighbors, settings.fallback_k)
+    nl = _neighbor_list(
+        searcher, settings.cutoff, settings.max_neighbors, settings.fallback_k, settings.keep_shell
+    )
     dtype = torch.get_default_dtype()
     # convert in numpy, then wrap: much cheaper than torch-side casts for tiny arrays
     np_dtype = _NP_FLOAT.get(dtype)

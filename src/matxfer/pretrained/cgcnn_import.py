@@ -476,6 +476,7 @@ def graph_settings_dict(featurizer) -> dict[str, Any]:
         fallback_k=MAX_NUM_NBR,
         line_graph=False,
         atom_features=featurizer.spec,
+        keep_shell=False,  # the original keeps exactly max_num_nbr neighbours
     ).to_dict()
     if compat_supported():
         graph[COMPAT_FIELD] = True

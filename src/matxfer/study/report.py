@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 #: the headline metric of each kind of target, then secondary ones shown in the report
 PRIMARY = ("mae_voigt", "mae")
-SECONDARY = ("fnorm_rel", "k_vrh_mae", "g_vrh_mae", "log10_k_vrh_mae", "mean_eig_mae", "eij_max_mae", "rmse", "r2")
+SECONDARY = ("fnorm_rel", "fnorm", "ewt25", "ewt10", "nz_ewt25", "ncs_fnorm_rel",
+             "forbidden_exact_zero", "k_vrh_mae", "g_vrh_mae", "log10_k_vrh_mae", "mean_eig_mae", "eij_max_mae", "rmse", "r2")
 
 
 def _primary_metric(df: pd.DataFrame, label: str) -> str | None:
@@ -241,6 +242,17 @@ def write_report(out: str | Path, study=None) -> Path:
                     row = s[(s["recipe"] == r) & (s["size"] == n)]
                     cells.append(_fmt(row["mean"].iloc[0], row["std"].iloc[0], int(row["count"].iloc[0])) if len(row) else "–")
                 lines.append(f"| {r} | " + " | ".join(cells) + " |")
+            metric_name = metric.split(".", 1)[1]
+            ok = dft[dft["status"] == "ok"] if "status" in dft else dft
+            for base, title in (("zero", "zero predictor"), ("train_mean", "training-mean predictor")):
+                col = f"{label}.baselines.{base}.{metric_name}"
+                if col not in ok.columns or not ok[col].notna().any():
+                    continue
+                cells = []
+                for n in sizes:
+                    v = ok.loc[ok["size"] == n, col].dropna()
+                    cells.append(_fmt(v.mean(), v.std(), len(v)) if len(v) else "–")
+                lines.append(f"| *{title}* | " + " | ".join(cells) + " |")
             lines.append("")
             if "scratch" in recipes:
                 lines.append("Ratio to scratch (mean error / scratch mean error; < 1 means transfer helped):")

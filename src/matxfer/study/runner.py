@@ -29,6 +29,7 @@ from typing import Any
 
 from matxfer.config import apply_overrides, config_from_dict
 from matxfer.data.splits import Split, split_ids, subsample
+from matxfer.metrics import flatten_metrics
 from matxfer.study.config import RecipeSpec, StudyConfig, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -321,8 +322,7 @@ class StudyRunner:
             row["trainable_params"] = res.trainable_params
             row["best_epoch"] = res.best_epoch
             for task, m in (res.metrics.get("test") or {}).items():
-                for k, v in m.items():
-                    row[f"{task}.{k}"] = v
+                row.update(flatten_metrics(m, f"{task}."))
         except Exception as exc:  # one failing cell never stops the study
             row["status"] = "failed"
             row["error"] = f"{type(exc).__name__}: {exc}"

@@ -57,12 +57,38 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the metrics JSON here")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-validate", action="store_true", help="keep entries failing validation")
+    _add_symmetry_args(p)
+
+
+def _add_symmetry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--symprec", type=float, default=0.01,
+        help="spglib tolerance (Angstrom) of the point group that tensor predictions are "
+        "projected onto (default 0.01)",
+    )
+    p.add_argument(
+        "--no-symmetrize", action="store_true",
+        help="keep tensor predictions as the model gives them (no point-group projection)",
+    )
 
 
 def evaluate_checkpoint(
-    ckpt_path: str, dataset: str, split: str = "test", data_dir: str | None = None, validate: bool = True
+    ckpt_path: str,
+    dataset: str,
+    split: str = "test",
+    data_dir: str | None = None,
+    validate: bool = True,
+    symprec: float | None = 0.01,
 ) -> dict:
-    """Metrics of a checkpoint on a dataset (its saved split, or every entry)."""
+    """Metrics of a checkpoint on a dataset (its saved split, or every entry).
+
+    Tensor predictions are projected onto each crystal's point group (``symprec``; None
+    scores them as predicted), and the metrics of the zero and training-mean predictors on
+    the same crystals are given beside the model's (``baselines``; the training mean is the
+    one stored in the checkpoint, absent for checkpoints written before it was stored).
+    """
+    import numpy as np
+
     from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
     from matxfer.config import DataConfig
     from matxfer.data.atom_features import AtomFeaturizer
@@ -98,7 +124,14 @@ def evaluate_checkpoint(
             raise ValueError(
                 f"none of the checkpoint's {split} ids are in dataset {dataset!r}; use --split all"
             )
-    metrics, _ = evaluate_graphs(model, usable, data.subset(ids))
+    means = (ckpt.get("provenance") or {}).get("train_label_means") or {}
+    train_means = {k: np.asarray(v, dtype=float) for k, v in means.items()}
+    for name, task in usable.items():  # checkpoints without stored means: the zero baseline
+        if task.kind == "tensor":
+            train_means.setdefault(name, None)
+    metrics, _ = evaluate_graphs(
+        model, usable, data.subset(ids), symprec=symprec, train_means=train_means
+    )
     return {
         "checkpoint": str(ckpt_path),
         "dataset": dataset,
@@ -112,7 +145,10 @@ def evaluate_checkpoint(
 def cmd_evaluate(args) -> int:
     from matxfer.metrics import finite_or_none
 
-    res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.data_dir, not args.no_validate)
+    symprec = None if args.no_symmetrize else args.symprec
+    res = evaluate_checkpoint(
+        args.checkpoint, args.data, args.split, args.data_dir, not args.no_validate, symprec
+    )
     res["metrics"] = {k: finite_or_none(v) for k, v in res["metrics"].items()}
     if args.json or args.out:
         _print_json(res, args.out)
@@ -123,12 +159,23 @@ def cmd_evaluate(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"{Path(args.checkpoint).name} on {args.data} ({args.split}, n={res['n']})")
+    base_names = sorted({b for m in res["metrics"].values() for b in (m.get("baselines") or {})},
+                        key=["zero", "train_mean"].index)
     t.add_column("target")
     t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("model", justify="right")
+    for b in base_names:
+        t.add_column(f"{b.replace('_', '-')} predictor", justify="right")
+
+    def cell(v):
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
     for target, m in res["metrics"].items():
+        base = m.get("baselines") or {}
         for k, v in m.items():
-            t.add_row(target, k, "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+            if k == "baselines":
+                continue
+            t.add_row(target, k, cell(v), *(cell(base.get(b, {}).get(k)) for b in base_names))
     Console().print(t)
     return 0
 
@@ -137,6 +184,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", help="CIF/POSCAR/pymatgen-JSON/extended-XYZ files or folders")
     p.add_argument("--out", required=True, help="FILE.json or FILE.csv")
+    _add_symmetry_args(p)
 
 
 def cmd_predict(args) -> int:
@@ -144,7 +192,8 @@ def cmd_predict(args) -> int:
 
     if not str(args.out).endswith((".json", ".csv")):
         raise ValueError(f"--out must end in .json or .csv, got {args.out}")
-    results, errors = predict_files(args.checkpoint, args.inputs)
+    symprec = None if args.no_symmetrize else args.symprec
+    results, errors = predict_files(args.checkpoint, args.inputs, symprec)
     path = write_predictions(results, errors, args.out)
     print(f"{len(results)} structure(s) predicted -> {path}")
     for e in errors:

@@ -25,8 +25,8 @@ import torch
 import yaml
 
 from matxfer import keys as K
-from matxfer.config import RunConfig, to_dict
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task, make_task
+from matxfer.config import RunConfig, TaskConfig, to_dict
+from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, TENSOR, Task, make_task
 from matxfer.train.data import label_key, mask_key
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,14 @@ def task_losses(model, tasks: dict[str, Task], out: dict, batch) -> dict[str, to
             continue
         y = batch[label_key(name)][mask]
         pred = out[name][mask]
-        target = normalized_target(model, task, y)
-        losses[name] = entry_loss(task, pred, target.to(pred.dtype)).mean()
+        target = normalized_target(model, task, y).to(pred.dtype)
+        per = entry_loss(task, pred, target)
+        if task.sign_agnostic:
+            per = torch.minimum(per, entry_loss(task, pred, -target))
+        if task.weighting == "relative":
+            norm = target.reshape(target.shape[0], -1).norm(dim=1)
+            per = per / norm.clamp_min(task.relative_floor)
+        losses[name] = per.mean()
     return losses
 
 
@@ -263,16 +269,52 @@ def predict_graphs(model, graphs, batch_size: int = 64) -> list[dict[str, np.nda
     return results
 
 
-def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64) -> tuple[dict, dict]:
-    """Metrics per task on labelled graphs; also returns (pred, true, ids) per task."""
-    from matxfer.metrics import force_metrics, scalar_metrics, tensor_metrics
+def train_label_means(tasks: dict[str, Task], records) -> dict[str, np.ndarray]:
+    """Mean Cartesian label of each crystal-tensor task over the records that carry it (the
+    training-mean baseline predictor), in the labels' frame."""
+    out = {}
+    for name, task in tasks.items():
+        if task.kind != TENSOR:
+            continue
+        vals = [np.asarray(r.labels[name], dtype=float) for r in records if name in r.labels]
+        if vals:
+            out[name] = np.mean(vals, axis=0)
+    return out
+
+
+def evaluate_graphs(
+    model,
+    tasks: dict[str, Task],
+    graphs,
+    batch_size: int = 64,
+    symprec: float | None = None,
+    train_means: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, dict]:
+    """Metrics per task on labelled graphs; also returns (pred, true, ids) per task.
+
+    Args:
+        symprec: when given, every crystal-tensor prediction is first projected onto the
+            invariants of the crystal's point group (spglib tolerance in Angstrom; see
+            :mod:`matxfer.symmetry`), and the metrics record it (``symprec``), the share of
+            symmetry-forbidden components predicted exactly zero, and for piezo tensors the
+            metrics on the non-centrosymmetric crystals.
+        train_means: per tensor task, the mean training label; the metrics of the zero and
+            training-mean predictors on the same crystals are added under ``baselines``.
+    """
+    from matxfer.metrics import baseline_metrics, force_metrics, scalar_metrics, tensor_metrics
 
     preds = predict_graphs(model, graphs, batch_size)
+    tensor_formulas = {n: t.formula for n, t in tasks.items() if t.kind == TENSOR}
+    groups = None
+    if symprec is not None and tensor_formulas:
+        from matxfer.symmetry import project_predictions
+
+        groups = project_predictions(preds, graphs, tensor_formulas, symprec)
     metrics: dict[str, dict] = {}
     pairs: dict[str, dict] = {}
     for name, task in tasks.items():
-        p, t, ids = [], [], []
-        for g, pr in zip(graphs, preds):
+        p, t, ids, idx = [], [], [], []
+        for i, (g, pr) in enumerate(zip(graphs, preds)):
             mask = g[mask_key(name)]
             if not bool(mask.any()):
                 continue
@@ -284,6 +326,7 @@ def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64)
                 p.append(np.asarray(pr[name]).reshape(y.shape[1:]) if y.ndim > 1 else float(np.ravel(pr[name])[0]))
                 t.append(y[0] if y.ndim > 1 else float(y[0]))
             ids.append(g.material_id)
+            idx.append(i)
         if task.kind == SCALAR:
             metrics[name] = scalar_metrics(np.array(p), np.array(t))
         elif task.kind == FORCES:
@@ -295,7 +338,20 @@ def evaluate_graphs(model, tasks: dict[str, Task], graphs, batch_size: int = 64)
             ta = np.concatenate(t) if t else np.zeros((0, 3, 3))
             metrics[name] = {**tensor_metrics(pa, ta, "ij"), "n_structures": len(p)}
         else:
-            metrics[name] = tensor_metrics(np.array(p), np.array(t), task.formula)
+            centro = forbidden = None
+            if groups is not None and idx:
+                from matxfer.symmetry import forbidden_mask
+
+                centro = np.array([groups[i].centrosymmetric for i in idx])
+                forbidden = np.stack([forbidden_mask(groups[i].rotations, task.formula) for i in idx])
+            ta = np.array(t)
+            metrics[name] = tensor_metrics(np.array(p), ta, task.formula, centro, forbidden)
+            if symprec is not None:
+                metrics[name]["symprec"] = float(symprec)
+            if train_means is not None and name in train_means and len(ta):
+                metrics[name]["baselines"] = baseline_metrics(
+                    ta, task.formula, train_means[name], centro
+                )
         pairs[name] = {"pred": p, "true": t, "ids": ids}
     return metrics, pairs
 
@@ -349,8 +405,15 @@ def build_tasks(cfg: RunConfig) -> dict[str, Task]:
         raise ValueError(f"tasks {sorted(unknown)} are not in data.targets {cfg.data.targets}")
     tasks = {}
     for t in cfg.data.targets:
-        tc = cfg.tasks.get(t)
-        tasks[t] = make_task(t, weight=tc.weight if tc else 1.0, loss=tc.loss if tc else None)
+        tc = cfg.tasks.get(t) or TaskConfig()
+        tasks[t] = make_task(
+            t,
+            weight=tc.weight,
+            loss=tc.loss,
+            weighting=tc.weighting,
+            relative_floor=tc.relative_floor,
+            sign_agnostic=tc.sign_agnostic,
+        )
     return tasks
 
 
@@ -427,6 +490,7 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
                 f"{len(data.split.val)} entries"
             )
         fit_normalizers(model, tasks, data.train_records(), keep=provenance.get("kept_heads", []))
+        train_means = train_label_means(tasks, data.train_records())
         if parent is not None:
             provenance["parent"] = str(cfg.transfer.init_from)
             provenance["parent_sha256"] = file_sha256(cfg.transfer.init_from)
@@ -437,6 +501,8 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
                 "dropped": data.dropped,
                 "command": command,
                 "seed": cfg.seed,
+                "train_label_means": {k: v.tolist() for k, v in train_means.items()},
+                "symprec": cfg.trainer.symprec,
             }
         )
         log.info(
@@ -525,7 +591,10 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         for split_name in ("val", "test"):
             ids = getattr(data.split, split_name)
             if ids:
-                m, pairs = evaluate_graphs(model, tasks, data.subset(ids), batch_size=max(bs, 64))
+                m, pairs = evaluate_graphs(
+                    model, tasks, data.subset(ids), batch_size=max(bs, 64),
+                    symprec=cfg.trainer.symprec, train_means=train_means,
+                )
                 metrics[split_name] = m
                 if split_name == "test":
                     _write_predictions(out / "test_predictions.json", pairs)

@@ -27,6 +27,7 @@ def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> Gra
             "cutoff": cfg.graph.cutoff,
             "max_neighbors": cfg.graph.max_neighbors,
             "line_graph": cfg.graph.line_graph,
+            "keep_shell": cfg.graph.keep_shell,
             "atom_features": cfg.graph.atom_features,
         }.items()
         if v is not None
