@@ -90,6 +90,9 @@ class TaskConfig:
         relative_floor: floor of that norm, in normalised units.
         sign_agnostic: score each crystal by the better of ``y`` and ``-y`` (a diagnostic for
             labels whose polar axis may point against the structure's; odd-rank tensors only).
+        parameterization: ``linear`` or ``log_isotropic`` (dielectric and elastic tensors:
+            the model predicts the log of the isotropic moduli and the anisotropy relative to
+            them, so heavy-tailed labels are fitted in relative error).
     """
 
     weight: float = 1.0
@@ -97,6 +100,7 @@ class TaskConfig:
     weighting: str = "none"
     relative_floor: float = 0.1
     sign_agnostic: bool = False
+    parameterization: str = "linear"
 
 
 @dataclass

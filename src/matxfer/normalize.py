@@ -253,3 +253,119 @@ class VectorNormalizer(nn.Module):
     def extra_repr(self) -> str:
         """Show the fitted scale."""
         return f"scale={float(self.scale):.6g}"
+
+
+def _isotropic_basis(formula: str) -> Tensor:
+    """Cartesian basis tensors ``[n_moduli, 3**rank]`` of the isotropic part of a formula.
+
+    Dielectric (``ij=ji``): the identity, whose coefficient is the mean eigenvalue.
+    Elastic (``ijkl=jikl=klij``): ``d_ij d_kl`` and ``d_ik d_jl + d_il d_jk - 2/3 d_ij d_kl``,
+    whose coefficients are the Voigt bulk and shear moduli ``K_V`` and ``G_V``.
+    """
+    d = torch.eye(3, dtype=torch.float64)
+    if formula == "ij=ji":
+        return d.reshape(1, 9)
+    if formula == "ijkl=jikl=klij":
+        jj = torch.einsum("ij,kl->ijkl", d, d)
+        sym = torch.einsum("ik,jl->ijkl", d, d) + torch.einsum("il,jk->ijkl", d, d)
+        return torch.stack([jj, sym - 2.0 / 3.0 * jj]).reshape(2, 81)
+    raise ValueError(
+        f"log_isotropic parameterisation is defined for 'ij=ji' and 'ijkl=jikl=klij', "
+        f"not {formula!r}"
+    )
+
+
+class LogIsotropicNormalizer(IrrepsNormalizer):
+    """Scale-aware irreps normaliser for tensors with a positive isotropic part.
+
+    A dielectric tensor is written ``eps = e (I + A)`` with ``e`` the mean eigenvalue and
+    ``A`` the traceless anisotropy *relative* to it; an elastic tensor as its isotropic part
+    (``K_V``, ``G_V``) plus the anisotropic rest divided by ``(K_V + G_V) / 2``. The model
+    predicts ``log`` of the isotropic moduli and the relative anisotropy (each block
+    normalised as in :class:`IrrepsNormalizer`), so that heavy-tailed labels (dielectric
+    constants from 2 to several hundred) are fitted in relative error. The map is
+    rotation-equivariant: the moduli are invariants and the anisotropy is scaled by an
+    invariant. Moduli are floored at ``floor`` before the logarithm.
+    """
+
+    def __init__(self, formula: str, floor: float | None = None):
+        super().__init__(formula)
+        iso = _isotropic_basis(formula)  # [m, 3**rank]
+        # irreps coordinates of each isotropic basis tensor: only the 0e components are non-zero
+        _, q = cartesian_basis(formula)
+        coords = iso @ q.T  # [m, dim]
+        zero_idx = [i for i, (s, ir) in enumerate(self._component_irreps()) if ir.l == 0]
+        m = coords[:, zero_idx]  # [m, n0]: moduli -> 0e coordinates
+        if m.shape[0] != m.shape[1]:
+            raise ValueError(f"{formula!r}: {m.shape[1]} scalar components for {m.shape[0]} moduli")
+        dt = torch.get_default_dtype()
+        self.register_buffer("iso_to_x", m.to(dt), persistent=False)
+        self.register_buffer("x_to_iso", torch.linalg.inv(m).to(dt), persistent=False)
+        self.zero_idx = zero_idx
+        self.rest_idx = [i for i in range(self.dim) if i not in zero_idx]
+        self.floor = float(floor if floor is not None else (1e-3 if formula == "ij=ji" else 1.0))
+
+    def _component_irreps(self):
+        out = []
+        for mul, ir in self.irreps:
+            for k in range(mul):
+                out.extend([(k, ir)] * ir.dim)
+        return out
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[..., self.zero_idx], x[..., self.rest_idx]
+
+    def _scale_of(self, moduli: Tensor) -> Tensor:
+        return moduli.mean(-1, keepdim=True)
+
+    def from_cartesian(self, t: Tensor) -> Tensor:
+        x = super().from_cartesian(t)
+        x0, rest = self._split(x)
+        moduli = (x0 @ self.x_to_iso.to(x.dtype)).clamp_min(self.floor)
+        out = torch.empty_like(x)
+        out[..., self.zero_idx] = torch.log(moduli)
+        out[..., self.rest_idx] = rest / self._scale_of(moduli)
+        return out
+
+    def to_cartesian(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"expected irreps of size {self.dim} for {self.formula!r}, got {tuple(x.shape)}"
+            )
+        u0, rest = self._split(x)
+        moduli = torch.exp(u0.clamp(max=30.0))
+        lin = torch.empty_like(x)
+        lin[..., self.zero_idx] = moduli @ self.iso_to_x.to(x.dtype)
+        lin[..., self.rest_idx] = rest * self._scale_of(moduli)
+        return super().to_cartesian(lin)
+
+    @torch.no_grad()
+    def fit(self, cartesian: Tensor) -> LogIsotropicNormalizer:
+        """Fit means and block scales in the log-isotropic coordinates."""
+        t = torch.as_tensor(cartesian).detach().to(torch.float64)
+        if t.dim() < self.rank + 1 or t.shape[0] == 0:
+            raise ValueError(f"fit needs [N, 3, ...] tensors with N >= 1, got {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("cannot fit a normaliser on non-finite tensors")
+        keep = self.Q, self.iso_to_x, self.x_to_iso
+        self.Q, self.iso_to_x, self.x_to_iso = (b.double() for b in keep)
+        try:
+            x = self.from_cartesian(t)
+        finally:
+            self.Q, self.iso_to_x, self.x_to_iso = keep
+        mean = torch.zeros(self.dim, dtype=torch.float64)
+        scale = torch.ones(self.dim, dtype=torch.float64)
+        for sl, (_, ir) in zip(self._block_slices(), self._blocks()):
+            block = x[:, sl]
+            if ir.l == 0:
+                mean[sl] = block.mean()
+                block = block - mean[sl]
+            rms = float(block.pow(2).sum(-1).mean().sqrt())
+            scale[sl] = rms if rms > 1e-12 else 1.0
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.scale.copy_(scale.to(self.scale.dtype))
+        self.count.fill_(x.shape[0])
+        return self
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", parameterization='log_isotropic'"

@@ -12,6 +12,7 @@ ATOM_TENSOR = "atom_tensor"
 FORCES = "forces"  # one Cartesian vector per atom
 LOSSES = ("mse", "l1", "huber")
 WEIGHTINGS = ("none", "relative")
+PARAMETERIZATIONS = ("linear", "log_isotropic")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Task:
         relative_floor: the floor of ``relative`` weighting.
         sign_agnostic: the loss of each crystal is ``min(L(p, y), L(p, -y))`` (a diagnostic
             for polar-axis orientation of odd-rank tensor labels).
+        parameterization: ``linear`` (irreps of the tensor) or ``log_isotropic`` (log of the
+            isotropic moduli and the anisotropy relative to them; dielectric and elastic
+            tensors, see :class:`matxfer.normalize.LogIsotropicNormalizer`).
     """
 
     name: str
@@ -45,6 +49,7 @@ class Task:
     weighting: str = "none"
     relative_floor: float = 0.1
     sign_agnostic: bool = False
+    parameterization: str = "linear"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -56,6 +61,16 @@ class Task:
         if not self.relative_floor > 0:
             raise ValueError(
                 f"task {self.name!r}: relative_floor must be > 0, got {self.relative_floor}"
+            )
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"task {self.name!r}: unknown parameterization {self.parameterization!r}; "
+                f"valid: {PARAMETERIZATIONS}"
+            )
+        if self.parameterization == "log_isotropic" and self.formula not in ("ij=ji", "ijkl=jikl=klij"):
+            raise ValueError(
+                f"task {self.name!r}: log_isotropic needs a dielectric (ij=ji) or elastic "
+                f"(ijkl=jikl=klij) tensor, not {self.formula!r}"
             )
         if self.sign_agnostic and (self.kind != TENSOR or self.rank % 2 == 0):
             raise ValueError(
@@ -97,7 +112,8 @@ def make_task(
     """The task for a label key, with kind/formula/units from the label tables.
 
     ``loss=None`` takes :func:`default_loss` of the task's kind; ``options`` are the other
-    :class:`Task` fields (``weighting``, ``relative_floor``, ``sign_agnostic``).
+    :class:`Task` fields (``weighting``, ``relative_floor``, ``sign_agnostic``,
+    ``parameterization``).
     """
     formula = TARGET_FORMULAS.get(target)
     if TARGET_SHAPES.get(target) == (-1, 3):

@@ -64,3 +64,64 @@ def test_block_loss_has_a_finite_gradient_at_zero_error():
     pred = torch.zeros(2, 6, dtype=torch.float64, requires_grad=True)
     entry_loss(task, pred, torch.zeros(2, 6, dtype=torch.float64)).sum().backward()
     assert torch.isfinite(pred.grad).all()
+
+
+# --- loss options for heavy-tailed and polar tensor labels ------------------------------------
+
+
+class _Model:
+    """The two attributes task_losses reads: normalisers (identity here)."""
+
+    def __init__(self, task):
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            self.normalizers = {task.name: IrrepsNormalizer(task.formula)}
+        finally:
+            torch.set_default_dtype(old)
+
+
+def _batch(task, y):
+    from matxfer.train.data import label_key, mask_key
+
+    return {label_key(task.name): y, mask_key(task.name): torch.ones(len(y), dtype=torch.bool)}
+
+
+def test_relative_weighting_scores_relative_error():
+    from matxfer.train.loop import task_losses
+
+    torch.manual_seed(2)
+    task = make_task("piezo_tensor", weighting="relative", relative_floor=1e-6)
+    model = _Model(task)
+    norm = model.normalizers[task.name]
+    y = norm.to_cartesian(torch.randn(1, 18, dtype=torch.float64))
+    dp = norm.to_cartesian(0.1 * torch.randn(1, 18, dtype=torch.float64))
+    # a crystal ten times larger with a ten times larger error has the same relative loss
+    small = task_losses(model, {task.name: task}, {task.name: norm.from_cartesian(y + dp)}, _batch(task, y))
+    big = task_losses(model, {task.name: task}, {task.name: norm.from_cartesian(10 * (y + dp))},
+                      _batch(task, 10 * y))
+    torch.testing.assert_close(small[task.name], big[task.name])
+    plain = make_task("piezo_tensor")
+    b = task_losses(model, {task.name: plain}, {task.name: norm.from_cartesian(10 * (y + dp))},
+                    _batch(task, 10 * y))
+    torch.testing.assert_close(b[task.name], 10 * task_losses(
+        model, {task.name: plain}, {task.name: norm.from_cartesian(y + dp)}, _batch(task, y))[task.name])
+
+
+def test_sign_agnostic_loss_scores_the_better_of_y_and_minus_y():
+    from matxfer.train.loop import task_losses
+
+    torch.manual_seed(3)
+    task = make_task("piezo_tensor", sign_agnostic=True)
+    model = _Model(task)
+    y = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    y = model.normalizers[task.name].to_cartesian(model.normalizers[task.name].from_cartesian(y))
+    pred = model.normalizers[task.name].from_cartesian(-y)  # exactly the opposite polarity
+    got = task_losses(model, {task.name: task}, {task.name: pred}, _batch(task, y))[task.name]
+    assert float(got) < 1e-5
+    normal = make_task("piezo_tensor")
+    assert float(task_losses(model, {task.name: normal}, {task.name: pred}, _batch(task, y))[task.name]) > 0.1
+    with pytest.raises(ValueError, match="odd-rank"):
+        make_task("dielectric_total", sign_agnostic=True)
+    with pytest.raises(ValueError, match="weighting"):
+        make_task("piezo_tensor", weighting="inverse")

@@ -121,7 +121,12 @@ def _task_field(task, field: str, default=None):
 
 def build_normalizer(task) -> nn.Module:
     """Build the normaliser of a task: scalar, vector (``forces``) or irreps (tensor kinds)."""
-    from matxfer.normalize import IrrepsNormalizer, ScalarNormalizer, VectorNormalizer
+    from matxfer.normalize import (
+        IrrepsNormalizer,
+        LogIsotropicNormalizer,
+        ScalarNormalizer,
+        VectorNormalizer,
+    )
 
     kind = _task_field(task, "kind", "scalar")
     if kind == "scalar":
@@ -131,6 +136,8 @@ def build_normalizer(task) -> nn.Module:
     formula = _task_field(task, "formula")
     if not formula:
         raise ValueError(f"task {_task_field(task, 'name')!r} of kind {kind!r} has no formula")
+    if _task_field(task, "parameterization", "linear") == "log_isotropic":
+        return LogIsotropicNormalizer(formula)
     return IrrepsNormalizer(formula)
 
 

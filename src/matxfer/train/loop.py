@@ -413,6 +413,7 @@ def build_tasks(cfg: RunConfig) -> dict[str, Task]:
             weighting=tc.weighting,
             relative_floor=tc.relative_floor,
             sign_agnostic=tc.sign_agnostic,
+            parameterization=tc.parameterization,
         )
     return tasks
 
