@@ -141,6 +141,10 @@ def migrate(ckpt: dict) -> dict:
             f"checkpoint format_version {version} is newer than this matxfer "
             f"({FORMAT_VERSION}); upgrade matxfer"
         )
+    graph = ckpt.get("graph") or {}
+    if (ckpt.get("provenance") or {}).get("cgcnn_compat") and "cgcnn_compat" not in graph:
+        # imported CGCNN checkpoints written before graph settings carried the flag
+        ckpt = {**ckpt, "graph": {**graph, "cgcnn_compat": True}}
     return ckpt
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -57,6 +58,11 @@ class GraphSettings:
             neighbours: splitting one by atom index breaks the crystal's point group, and
             an equivariant model's output with it. Settings stored before this option
             existed read as ``False`` (the cut as it was).
+        cgcnn_compat: build the neighbour list exactly as the original CGCNN code does
+            (:func:`cgcnn_neighbor_list`: ``get_all_neighbors``, stable sort by distance,
+            the first ``max_neighbors``, padding with atom 0), so that checkpoints imported
+            from the released CGCNN models reproduce the original predictions through every
+            command (``predict``, ``evaluate``, ``finetune``, studies).
         atom_features: ``"none"`` (atomic numbers only), ``"cgcnn"`` (92-dim one-hot
             element properties) or ``"table:<sha256>"`` for a user ``atom_init.json`` table.
     """
@@ -67,6 +73,7 @@ class GraphSettings:
     line_graph: bool = False
     atom_features: str = "none"
     keep_shell: bool = True
+    cgcnn_compat: bool = False
 
     def __post_init__(self) -> None:
         if not (self.cutoff > 0):
@@ -75,6 +82,11 @@ class GraphSettings:
             raise ValueError(f"max_neighbors must be >= 1 or None, got {self.max_neighbors}")
         if self.fallback_k < 1:
             raise ValueError(f"fallback_k must be >= 1, got {self.fallback_k}")
+        if self.cgcnn_compat and (self.max_neighbors is None or self.line_graph):
+            raise ValueError(
+                "cgcnn_compat graphs need max_neighbors (12 in the original CGCNN) and no line "
+                f"graph, got max_neighbors={self.max_neighbors}, line_graph={self.line_graph}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -318,6 +330,69 @@ def _neighbor_list(
     return NeighborList(src, dst, shift, dist, n_fallback)
 
 
+def _padding_image(structure: Structure, centre: int, radius: float) -> tuple[np.ndarray, float]:
+    """An image of atom 0 at least ``radius`` from ``centre`` (along the first lattice vector)."""
+    lat = structure.lattice.matrix
+    d0 = structure.cart_coords[0] - structure.cart_coords[centre]
+    a = float(np.linalg.norm(lat[0]))
+    k = max(1, math.ceil((radius + float(np.linalg.norm(d0))) / a))
+    shift = np.array([k, 0, 0], dtype=np.int64)
+    dist = float(np.linalg.norm(d0 + shift @ lat))
+    return shift, dist
+
+
+def cgcnn_neighbor_list(
+    structure: Structure, radius: float = 8.0, max_num_nbr: int = 12
+) -> tuple[NeighborList, int]:
+    """Neighbour list exactly as the original CGCNN ``predict.py`` builds it.
+
+    For every atom: ``structure.get_all_neighbors(radius)``, stable-sorted by distance, the
+    first ``max_num_nbr`` kept. An atom with fewer neighbours is padded up to
+    ``max_num_nbr`` with atom 0, which the original places at distance ``radius + 1``; here
+    each padded edge goes to an image of atom 0 at least ``radius + 1`` away, whose
+    Gaussian features (centres up to ``radius``, width 0.2 A) are numerically the
+    original's (both below 1.4e-11).
+
+    Args:
+        structure: pymatgen structure, used as read (no re-ordering or wrapping).
+        radius: neighbour radius (Angstrom).
+        max_num_nbr: neighbours per atom.
+
+    Returns:
+        ``(NeighborList, n_padded)``: edges sorted by centre atom in the original order
+        (``n_fallback`` is 0), and the number of padding edges.
+    """
+    if not radius > 0:
+        raise ValueError(f"radius must be > 0 Angstrom, got {radius}")
+    if max_num_nbr < 1:
+        raise ValueError(f"max_num_nbr must be >= 1, got {max_num_nbr}")
+    all_nbrs = structure.get_all_neighbors(radius, include_index=True)
+    src, dst, shift, dist = [], [], [], []
+    n_padded = 0
+    for i, nbrs in enumerate(all_nbrs):
+        nbrs = sorted(nbrs, key=lambda x: x[1])[:max_num_nbr]
+        for nb in nbrs:
+            src.append(int(nb[2]))
+            dst.append(i)
+            shift.append(np.rint(np.asarray(nb.image, dtype=np.float64)).astype(np.int64))
+            dist.append(float(nb[1]))
+        for _ in range(max_num_nbr - len(nbrs)):
+            img, d = _padding_image(structure, i, radius + 1.0)
+            src.append(0)
+            dst.append(i)
+            shift.append(img)
+            dist.append(d)
+            n_padded += 1
+    nl = NeighborList(
+        np.asarray(src, dtype=np.int64),
+        np.asarray(dst, dtype=np.int64),
+        np.asarray(shift, dtype=np.int64).reshape(-1, 3),
+        np.asarray(dist, dtype=np.float64),
+        0,
+    )
+    return nl, n_padded
+
+
 class CrystalGraph(Data):
     """PyG ``Data`` for crystals; offsets line-graph indices by the number of edges when batched."""
 
@@ -465,9 +540,21 @@ def structure_to_graph(
         if feat is not None:
             x = feat(z)
     searcher = _Searcher(structure)
-    nl = _neighbor_list(
-        searcher, settings.cutoff, settings.max_neighbors, settings.fallback_k, settings.keep_shell
-    )
+    n_padded = None
+    if settings.cgcnn_compat:
+        nl, n_padded = cgcnn_neighbor_list(structure, settings.cutoff, settings.max_neighbors)
+        if n_padded:
+            log.info(
+                "%s: %d padding neighbour(s) (atoms with fewer than %d neighbours within %.1f A, "
+                "padded with atom 0 as the original CGCNN does)",
+                material_id or structure.composition.reduced_formula,
+                n_padded, settings.max_neighbors, settings.cutoff,
+            )
+    else:
+        nl = _neighbor_list(
+            searcher, settings.cutoff, settings.max_neighbors, settings.fallback_k,
+            settings.keep_shell,
+        )
     dtype = torch.get_default_dtype()
     # convert in numpy, then wrap: much cheaper than torch-side casts for tiny arrays
     np_dtype = _NP_FLOAT.get(dtype)
@@ -481,6 +568,7 @@ def structure_to_graph(
         K.EDGE_INDEX: edge_index,
         K.CELL_SHIFT: torch.from_numpy(nl.shift.astype(np_dtype)),
         "n_fallback": torch.from_numpy(np.array([nl.n_fallback], dtype=np.int64)),
+        "n_padded": None if n_padded is None else torch.tensor([n_padded], dtype=torch.int64),
         K.NUM_NODES: len(structure),
         K.MATERIAL_ID: material_id,
     }

@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from matxfer.data.graphs import cgcnn_neighbor_list  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 #: file-name stem of a released checkpoint -> (matxfer target name, units)
@@ -235,118 +237,22 @@ def target_from_filename(path: str | Path) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------------------
 
 
-def _padding_image(structure, centre: int, radius: float) -> tuple[np.ndarray, float]:
-    """An image of atom 0 at least ``radius`` from ``centre`` (along the first lattice vector)."""
-    lat = structure.lattice.matrix
-    d0 = structure.cart_coords[0] - structure.cart_coords[centre]
-    a = float(np.linalg.norm(lat[0]))
-    k = max(1, math.ceil((radius + float(np.linalg.norm(d0))) / a))
-    shift = np.array([k, 0, 0], dtype=np.int64)
-    dist = float(np.linalg.norm(d0 + shift @ lat))
-    return shift, dist
-
-
-def cgcnn_neighbor_list(structure, radius: float = RADIUS, max_num_nbr: int = MAX_NUM_NBR):
-    """Neighbour list exactly as the original CGCNN ``predict.py`` builds it.
-
-    For every atom: ``structure.get_all_neighbors(radius)``, stable-sorted by distance, the
-    first ``max_num_nbr`` kept. An atom with fewer neighbours is padded up to
-    ``max_num_nbr`` with atom 0, which the original places at distance ``radius + 1``; here
-    each padded edge goes to an image of atom 0 at least ``radius + 1`` away, whose
-    Gaussian features (centres up to ``radius``, width 0.2 A) are numerically the
-    original's (both below 1.4e-11).
-
-    Args:
-        structure: pymatgen structure, used as read (no re-ordering or wrapping).
-        radius: neighbour radius (Angstrom).
-        max_num_nbr: neighbours per atom.
-
-    Returns:
-        ``(NeighborList, n_padded)``: edges sorted by centre atom in the original order
-        (``n_fallback`` is 0), and the number of padding edges.
-    """
-    from matxfer.data.graphs import NeighborList
-
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0 Angstrom, got {radius}")
-    if max_num_nbr < 1:
-        raise ValueError(f"max_num_nbr must be >= 1, got {max_num_nbr}")
-    all_nbrs = structure.get_all_neighbors(radius, include_index=True)
-    src, dst, shift, dist = [], [], [], []
-    n_padded = 0
-    for i, nbrs in enumerate(all_nbrs):
-        nbrs = sorted(nbrs, key=lambda x: x[1])[:max_num_nbr]
-        for nb in nbrs:
-            src.append(int(nb[2]))
-            dst.append(i)
-            shift.append(np.rint(np.asarray(nb.image, dtype=np.float64)).astype(np.int64))
-            dist.append(float(nb[1]))
-        for _ in range(max_num_nbr - len(nbrs)):
-            img, d = _padding_image(structure, i, radius + 1.0)
-            src.append(0)
-            dst.append(i)
-            shift.append(img)
-            dist.append(d)
-            n_padded += 1
-    nl = NeighborList(
-        np.asarray(src, dtype=np.int64),
-        np.asarray(dst, dtype=np.int64),
-        np.asarray(shift, dtype=np.int64).reshape(-1, 3),
-        np.asarray(dist, dtype=np.float64),
-        0,
-    )
-    return nl, n_padded
-
-
 def cgcnn_compat_graph(structure, settings, material_id: str = "", featurizer=None):
-    """A matxfer crystal graph with the original CGCNN neighbour list.
-
-    Same fields as :func:`matxfer.data.graphs.structure_to_graph` (plus ``n_padded [1]``),
-    with :func:`cgcnn_neighbor_list` in place of matxfer's neighbour search.
-
-    Args:
-        structure: pymatgen structure.
-        settings: ``GraphSettings`` (``cutoff`` and ``max_neighbors`` are used as the
-            original's radius and neighbour count; ``max_neighbors`` must be set).
-        material_id: stored on the graph.
-        featurizer: the atom featurizer matching ``settings.atom_features``.
+    """A matxfer crystal graph with the original CGCNN neighbour list
+    (:func:`matxfer.data.graphs.structure_to_graph` with ``cgcnn_compat=True``).
 
     Raises:
-        ValueError: ``settings.max_neighbors`` is None, or featurizer problems.
+        ValueError: ``settings.max_neighbors`` is None, a line graph is asked for, or
+            featurizer problems.
     """
-    from matxfer.data.graphs import CrystalGraph, resolve_featurizer
+    from dataclasses import replace
 
-    if settings.max_neighbors is None:
-        raise ValueError("CGCNN compatibility graphs need max_neighbors (12 in the original)")
-    if settings.line_graph:
-        raise ValueError("CGCNN compatibility graphs have no line graph (line_graph must be False)")
-    z = np.asarray(structure.atomic_numbers, dtype=np.int64)
-    feat = resolve_featurizer(settings, featurizer)
-    nl, n_padded = cgcnn_neighbor_list(structure, settings.cutoff, settings.max_neighbors)
-    dtype = torch.get_default_dtype()
-    data = CrystalGraph(
-        z=torch.from_numpy(z),
-        pos=torch.tensor(structure.cart_coords, dtype=dtype),
-        cell=torch.tensor(structure.lattice.matrix, dtype=dtype).unsqueeze(0),
-        edge_index=torch.from_numpy(np.stack([nl.src, nl.dst])).long(),
-        cell_shift=torch.from_numpy(nl.shift).to(dtype),
-        n_fallback=torch.tensor([0]),
-        n_padded=torch.tensor([n_padded]),
+    from matxfer.data.graphs import structure_to_graph
+
+    kwargs = {} if featurizer is None else {"featurizer": featurizer}
+    return structure_to_graph(
+        structure, replace(settings, cgcnn_compat=True), material_id=material_id, **kwargs
     )
-    data.num_nodes = len(structure)
-    data.material_id = material_id
-    if feat is not None:
-        data.x = torch.as_tensor(feat(z), dtype=dtype)
-    if n_padded:
-        log.info(
-            "%s: %d padding neighbour(s) (atoms with fewer than %d neighbours within %.1f A, "
-            "padded with atom 0 as the original CGCNN does)",
-            material_id or structure.composition.reduced_formula,
-            n_padded,
-            settings.max_neighbors,
-            settings.cutoff,
-        )
-    return data
 
 
 def compat_supported() -> bool:
