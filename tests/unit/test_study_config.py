@@ -107,3 +107,21 @@ def test_pretraining_runs_can_import_third_party_weights(tmp_path):
     missing = _study(pretrain={"pre": {"import": "cgcnn:no-such-model"}})
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         StudyRunner(missing, tmp_path / "m").pretrain_one(missing.pretrain[0])
+
+
+def test_target_task_settings_reach_its_cells_only(tmp_path):
+    from matxfer.config import config_from_dict
+
+    st = _study(targets={
+        "eps": {"data": {"datasets": ["petousis-dielectric-2017"], "targets": ["dielectric_total"]},
+                "sizes": [10], "tasks": {"dielectric_total": {"parameterization": "log_isotropic"}}},
+        "gap": {"data": {"datasets": ["petousis-dielectric-2017"], "targets": ["band_gap"]}, "sizes": [10]},
+    })
+    runner = StudyRunner(st, tmp_path)
+    eps, gap = st.targets
+    raw = runner.cell_raw(eps, st.recipes[0], 10, 0, tmp_path / "cell")
+    assert raw["tasks"] == {"dielectric_total": {"parameterization": "log_isotropic"}}
+    assert config_from_dict(raw).tasks["dielectric_total"].parameterization == "log_isotropic"
+    assert "tasks" not in runner.cell_raw(gap, st.recipes[0], 10, 0, tmp_path / "cell2")
+    with pytest.raises(ValueError, match="unknown key"):
+        _study(targets={"g": {"data": {}, "sizes": [1], "task": {}}})

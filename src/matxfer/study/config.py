@@ -44,6 +44,8 @@ class TargetSpec:
         test_fraction / val_fraction: fixed held-out fractions (same for every cell).
         test_size / val_size: absolute sizes instead of fractions.
         split_seed: seed of the fixed test/val split.
+        tasks: run-config ``tasks`` section of this target's cells (loss, weighting,
+            parameterization of its labels).
     """
 
     name: str
@@ -54,6 +56,7 @@ class TargetSpec:
     test_size: int | None = None
     val_size: int | None = None
     split_seed: int = 0
+    tasks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,7 +125,8 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
                 )
         pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint"), spec.get("import")))
     targets = []
-    tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed"}
+    tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed",
+             "tasks"}
     for name, spec in (raw.get("targets") or {}).items():
         _check_keys(spec, tkeys, f"targets.{name}")
         if "data" not in spec or "sizes" not in spec:

@@ -264,6 +264,8 @@ class StudyRunner:
     def cell_raw(self, target: TargetSpec, recipe: RecipeSpec, size: int, seed: int, run_dir: Path) -> dict:
         """The run config (as a dict) of one cell; its split is ``run_dir/cell_split.json``."""
         raw = deep_merge(self.study.base, {"data": target.data})
+        if target.tasks:
+            raw = deep_merge(raw, {"tasks": target.tasks})
         raw["data"]["split"] = {"file": str(run_dir / "cell_split.json")}
         raw["data"].pop("train_size", None)
         raw["name"] = f"{target.name}-{recipe.name}-n{size}-s{seed}"
