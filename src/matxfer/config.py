@@ -120,6 +120,10 @@ class OptimConfig:
         layer_decay: layer-wise LR decay factor (1 disables): the last backbone layer group
             gets ``lr * layer_decay``, the one before ``lr * layer_decay**2``, and so on.
         max_time_min: stop training after this many minutes (None: no limit).
+        budget_min: a wall-clock training budget in minutes (None: none). The training
+            throughput is measured on a few batches of the run's own data first; ``epochs``
+            is then set so that the cosine schedule ends inside the budget, the warm-up is
+            capped at 5 % of it, and ``max_time_min`` becomes the budget (a hard stop).
     """
 
     lr: float = 2e-3
@@ -133,6 +137,7 @@ class OptimConfig:
     lr_mult: dict[str, float] = field(default_factory=dict)
     layer_decay: float = 1.0
     max_time_min: float | None = None
+    budget_min: float | None = None
 
 
 @dataclass

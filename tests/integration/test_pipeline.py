@@ -207,3 +207,15 @@ def test_masked_multitask_loss_is_sum_of_present_losses(si, nacl):
     # a batch where nobody has the tensor label: that task contributes nothing
     only = Batch.from_data_list([g[0]])
     assert set(task_losses(model, tasks, model(only), only)) == {"band_gap"}
+
+
+def test_budget_sizes_the_schedule_to_the_measured_throughput(tmp_path, data_dir):
+    data = {"datasets": ["mp-elastic-2024"], "targets": ["log10_bulk_modulus_vrh"], "limit": 40,
+            "split": {"fractions": [0.7, 0.15, 0.15]}}
+    res = _run(tmp_path, "budget", data, TINY_CGCNN, epochs=100000, budget_min=0.25, warmup_epochs=50)
+    plan = load_checkpoint(res.checkpoint)["provenance"]["budget"]
+    # the planned schedule fits 90 % of what is left of 15 s at the measured epoch time
+    assert 1 <= plan["epochs"] < 100000
+    assert plan["epochs"] * plan["epoch_s"] <= 0.9 * plan["budget_s"] + 1e-6
+    assert 0 < plan["budget_s"] <= 15.0 and plan["train_structures_per_s"] > 0
+    assert res.metrics["epochs_run"] <= plan["epochs"]

@@ -191,6 +191,8 @@ def _lit_module_class():
             if oc.scheduler == "cosine":
                 total = oc.epochs * self.steps_per_epoch
                 warm = min(oc.warmup_epochs * self.steps_per_epoch, max(total - 1, 0))
+                if oc.budget_min:  # a budgeted run: the warm-up never swallows the schedule
+                    warm = min(warm, int(0.05 * total))
 
                 def lr_lambda(step):
                     if step < warm:
@@ -463,6 +465,62 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+#: share of a training budget the planned schedule may use (the rest covers validation
+#: noise and the end-of-run evaluation)
+BUDGET_SHARE = 0.9
+
+
+def plan_budget(model, tasks, train_loader, val_loader, budget_min: float,
+                n_batches: int = 6) -> dict[str, Any]:
+    """Epochs that fit a wall-clock budget, from the measured cost of this run's batches.
+
+    Times ``n_batches`` training steps (forward, backward, AdamW step) on a copy of the
+    model, so the run's own weights and optimiser state are untouched, and a forward pass
+    over a few validation batches; the epoch time is extrapolated from them.
+
+    Returns:
+        ``{"epochs", "epoch_s", "train_structures_per_s", "budget_s"}``.
+    """
+    t_start = time.perf_counter()
+    probe = copy.deepcopy(model)
+    probe.train()
+    params = [p for p in probe.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6) if params else None
+    seen = t_train = 0.0
+    for i, batch in enumerate(train_loader):
+        if i > n_batches:
+            break
+        t0 = time.perf_counter()
+        out = probe(batch)
+        loss = total_loss(tasks, task_losses(probe, tasks, out, batch))
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if i:  # the first batch warms up
+            t_train += time.perf_counter() - t0
+            seen += int(batch.num_graphs)
+    rate = seen / t_train if t_train > 0 else float("inf")
+    probe.eval()
+    v_seen = t_val = 0.0
+    with torch.enable_grad():  # conservative-force heads differentiate in evaluation too
+        for i, batch in enumerate(val_loader):
+            if i >= 3:
+                break
+            t0 = time.perf_counter()
+            probe(batch)
+            t_val += time.perf_counter() - t0
+            v_seen += int(batch.num_graphs)
+    n_train = len(train_loader.dataset)
+    n_val = len(val_loader.dataset)
+    budget_s = max(0.0, budget_min * 60.0 - (time.perf_counter() - t_start))
+    epoch_s = n_train / rate + (n_val * t_val / v_seen if v_seen else 0.0)
+    epochs = max(1, int(BUDGET_SHARE * budget_s / max(epoch_s, 1e-9)))
+    del probe, opt
+    return {"epochs": epochs, "epoch_s": epoch_s, "train_structures_per_s": rate,
+            "budget_s": budget_s}
+
+
 def fit(cfg: RunConfig, command: str = "train") -> FitResult:
     """Train (or fine-tune) as configured and write the run directory."""
     import lightning as L
@@ -549,6 +607,18 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         show_bar = cfg.trainer.progress and os.environ.get("MATXFER_PROGRESS", "1") != "0"
         if show_bar:
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 10)))
+        if cfg.optim.budget_min:
+            # the budget is for training: data preparation and frozen-feature caching before
+            # it are reported beside it (provenance.budget.prepare_s), not counted
+            prep_s = time.time() - t0
+            plan = plan_budget(model, tasks, train_loader, val_loader, cfg.optim.budget_min)
+            plan["prepare_s"] = round(prep_s, 2)
+            cfg.optim.epochs = plan["epochs"]
+            cfg.optim.max_time_min = cfg.optim.budget_min
+            lit.optim_cfg = cfg.optim
+            provenance["budget"] = {**plan, "budget_min": cfg.optim.budget_min}
+            log.info("budget %.1f min: %.1f s per epoch measured -> %d epochs",
+                     cfg.optim.budget_min, plan["epoch_s"], plan["epochs"])
         max_time = None
         if cfg.optim.max_time_min:
             max_time = {"minutes": float(cfg.optim.max_time_min)}
