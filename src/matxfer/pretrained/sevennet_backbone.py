@@ -21,20 +21,23 @@ paths (e.g. the cross product ``1 x 1 -> 1``), which make them only approximatel
 image under inversion (negated positions and lattice), relative deviation from the
 declared parity:
 
-============  ========  ===========  ===========  =================
-block         ZnO       rutile TiO2  triclinic    rock salt NaCl
-============  ========  ===========  ===========  =================
-0 (0e,1o,2e)  1e-14     1e-15        1e-15        exact (l>0 zero)
-1 0e          1e-15     1e-15        2e-16        exact
-1 1o / 2e     1e-10     3e-10 / 4e-3 4e-3 / 4e-3  exact (l>0 zero)
-2-3 0e        1e-15     1e-15        2e-4 / 7e-4  exact
-2-3 1o / 2e   1e-10     4e-10 / 1e-2 2e-2 / 2e-2  exact (l>0 zero)
-4 0e          1e-15     1e-15        9e-4         exact
-============  ========  ===========  ===========  =================
+=============  =======  ===========  ===========  ===========  =========
+block, irrep   ZnO      BaTiO3 P4mm  rutile TiO2  triclinic    NaCl
+=============  =======  ===========  ===========  ===========  =========
+0: 0e, 1o, 2e  1e-14    3e-15        2e-15        8e-16        exact
+1: 0e          6e-16    5e-16        4e-16        2e-16        exact
+1: 1o          1e-10    3e-15        3e-15        4e-3         exact (0)
+1: 2e          4e-10    6e-3         4e-3         4e-3         exact (0)
+2-3: 0e        1e-15    6e-16        7e-16        2e-4, 7e-4   exact
+2-3: 1o        1e-10    3e-15        3e-15        2e-2, 1e-2   exact (0)
+2-3: 2e        3e-10    1e-2, 3e-2   6e-3, 1e-2   2e-2, 2e-2   exact (0)
+4: 0e          1e-15    6e-16        7e-16        9e-4         exact
+=============  =======  ===========  ===========  ===========  =========
 
-(l > 0 features of the rock-salt atoms vanish by the cubic site symmetry; the wurtzite ones
-keep the declared parity to 1e-10 because its mirror planes tie the inversion image to a
-rotation.) The ``parity`` option says what the backbone returns:
+(rock salt: every atom sits on an inversion centre with cubic site symmetry, so its l > 0
+features vanish and the scalars are trivially even; a deviation near 1e-15 is exact in
+float64; the l = 1 channels never keep ``sevenn``'s label ``1e``: they flip sign.) The
+``parity`` option says what the backbone returns:
 
 - ``"natural"`` (default): SevenNet's features as they are, labelled with the parity they
   (approximately) have, ``(-1)^l``. Exactly rotation-equivariant; exact under inversion
@@ -203,6 +206,10 @@ class _Block(nn.Module):
         return d
 
 
+def _refresh_after_load(module, _incompatible_keys) -> None:
+    module.refresh_wigner_3j()
+
+
 @register_backbone("sevennet")
 class SevenNetBackbone(Backbone):
     """Pretrained SevenNet interaction blocks returning the per-atom irreps of every block.
@@ -257,7 +264,7 @@ class SevenNetBackbone(Backbone):
         elif isinstance(layers, (list, tuple)) and layers and all(
             isinstance(k, int) and not isinstance(k, bool) for k in layers
         ):
-            used = sorted(set(int(k) for k in layers))
+            used = sorted({int(k) for k in layers})
             if used[0] < 0 or used[-1] >= n_blocks:
                 raise ValueError(f"layers {list(layers)} out of range: {model!r} has {n_blocks} blocks")
         else:
@@ -300,6 +307,33 @@ class SevenNetBackbone(Backbone):
         )
         self.sevennet_irreps = [block_irreps[t] for t in used]
         self.out_spec = self._declared_irreps()
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    # ----------------------------------------------------------------------------------
+    def refresh_wigner_3j(self) -> int:
+        """Recompute the Wigner 3j buffers of the tensor products in their current dtype.
+
+        e3nn keeps them as buffers computed when the layer is built (SevenNet is built in
+        float32); a model cast to float64 would otherwise keep float32-rounded coupling
+        coefficients and be rotation-equivariant only to ~1e-8. Called after every cast
+        and state-dict load; returns the number of buffers refreshed.
+        """
+        n = 0
+        with torch.no_grad():
+            for module in self.modules():
+                for name, buf in module._buffers.items():
+                    if buf is None or not name.startswith("_w3j_"):
+                        continue
+                    l1, l2, l3 = (int(x) for x in name[len("_w3j_") :].split("_"))
+                    buf.copy_(o3.wigner_3j(l1, l2, l3, dtype=buf.dtype, device=buf.device))
+                    n += 1
+        return n
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "sevennet_irreps"):
+            self.refresh_wigner_3j()
+        return out
 
     # ----------------------------------------------------------------------------------
     def _declared_irreps(self) -> o3.Irreps:
