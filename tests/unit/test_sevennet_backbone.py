@@ -497,3 +497,19 @@ def test_missing_package_gives_install_hint(monkeypatch):
         SevenNetBackbone()
     with pytest.raises(MissingDependencyError, match=r"pip install matxfer\[sevennet\]"):
         build_backbone({"name": "sevennet"})
+
+
+def test_study_imports_sevennet(sevenn_installed, tmp_path):
+    """``pretrain: {name: {import: "sevennet:0"}}`` in a study converts SevenNet-0 once."""
+    from matxfer.checkpoint import load_checkpoint
+    from matxfer.study.config import PretrainSpec
+    from matxfer.study.runner import StudyRunner
+
+    runner = StudyRunner.__new__(StudyRunner)
+    runner.out = tmp_path
+    path = runner.imported_checkpoint(PretrainSpec("7n", importer="sevennet:0:project"))
+    ckpt = load_checkpoint(path)
+    bb = ckpt["model_config"]["backbone"]
+    assert bb["name"] == "sevennet" and bb["model"] == "7net-0" and bb["parity"] == "project"
+    assert ckpt["graph"]["cutoff"] == 5.0 and ckpt["graph"]["max_neighbors"] is None
+    assert runner.imported_checkpoint(PretrainSpec("7n", importer="sevennet:0")) == path
