@@ -513,3 +513,17 @@ def test_study_imports_sevennet(sevenn_installed, tmp_path):
     assert bb["name"] == "sevennet" and bb["model"] == "7net-0" and bb["parity"] == "project"
     assert ckpt["graph"]["cutoff"] == 5.0 and ckpt["graph"]["max_neighbors"] is None
     assert runner.imported_checkpoint(PretrainSpec("7n", importer="sevennet:0")) == path
+
+
+def test_born_head_needs_split_parity(backbone64, split64, zno):
+    """Born charges (formula ij = 0e + 1e + 2e) need an axial-vector part: only the ``split``
+    features have 1e channels."""
+    from matxfer.models.registry import build_head
+
+    with pytest.raises(ValueError, match="1e"):
+        build_head({"name": "born"}, backbone64.out_spec)
+    head = build_head({"name": "born"}, split64.out_spec).double()
+    g = _graph(zno, torch.float64)
+    with torch.no_grad():
+        out = head(split64(g), g)
+    assert out.shape == (len(zno), 9)

@@ -284,6 +284,8 @@ class SevenNetBackbone(Backbone):
             "initialized_from": initialized_from,
         }
         self.cutoff = float(cfg["cutoff"])
+        #: a model trained with parity has true labels; SevenNet-0 and l3i5 are not
+        self.trained_with_parity = bool(cfg.get("is_parity", False))
         self.num_species = int(cfg["_number_of_species"])
         self.n_blocks = n_blocks
         self.used_layers = used
@@ -336,11 +338,16 @@ class SevenNetBackbone(Backbone):
         return out
 
     # ----------------------------------------------------------------------------------
+    def _parity_of(self, ir: o3.Irrep) -> int:
+        """Declared parity of a SevenNet irrep: ``(-1)^l`` (measured) unless the model was
+        trained with parity, whose labels are then true."""
+        return int(ir.p) if self.trained_with_parity else (-1) ** ir.l
+
     def _declared_irreps(self) -> o3.Irreps:
         parts = []
         for irreps in self.sevennet_irreps:
             for mul, ir in irreps:
-                natural = (-1) ** ir.l
+                natural = self._parity_of(ir)
                 if self.parity == "split":
                     parts.append((mul, (ir.l, 1)))
                     parts.append((mul, (ir.l, -1)))
@@ -464,7 +471,7 @@ class SevenNetBackbone(Backbone):
                 if self.parity == "split":
                     pieces += [even, odd]
                 else:
-                    pieces.append(even if ir.l % 2 == 0 else odd)
+                    pieces.append(even if self._parity_of(ir) == 1 else odd)
         return {K.NODE_FEATURES: torch.cat(pieces, dim=1)}
 
     def energy(self, data) -> Tensor:
