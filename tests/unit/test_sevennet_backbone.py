@@ -379,6 +379,29 @@ def test_frozen_backbone_tensor_head_trains_and_is_equivariant(sevenn_installed,
     assert torch.allclose(t2, r @ t1 @ r.T, atol=1e-8)
 
 
+def test_full_recipe_trains_the_backbone(sevenn_installed, si, zno):
+    """recipe full with a smaller backbone learning rate: one step moves SevenNet's weights
+    (its fixed convolution denominators excepted)."""
+    from matxfer.transfer import apply_recipe, param_groups
+
+    torch.manual_seed(0)
+    model = _tensor_model(_cls()(layers=[0, 1]))
+    apply_recipe(model, "full")
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    opt = torch.optim.AdamW(param_groups(model, 1e-3, lr_mult={"backbone": 0.1}))
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([1e-4, 1e-3])
+    model.train()
+    batch = Batch.from_data_list([_graph(si), _graph(zno)])
+    model(batch)["dielectric_total"].pow(2).sum().backward()
+    opt.step()
+    after = model.backbone.state_dict()
+    moved = ("embedding.species.linear.weight", "interactions.1.parts.convolution.weight_nn.layer0.weight")
+    for key in moved:
+        assert not torch.equal(before[key], after[key]), key
+    assert torch.equal(before["interactions.0.parts.convolution.denominator"],
+                       after["interactions.0.parts.convolution.denominator"])
+
+
 def test_edge_head_on_sevennet(backbone64, batio3):
     """The invariant edge tensor head reads the 0e channels of the irreps features."""
     from matxfer.models.registry import build_head
