@@ -36,7 +36,9 @@ DEFAULT_IRREPS = "+".join([BLOCK0] * 4 + ["128x0e"])
 @pytest.fixture(scope="module")
 def sevenn_installed():
     """Skip a test that needs the optional sevenn package when it is missing."""
-    return pytest.importorskip("sevenn", reason="sevenn is not installed (pip install matxfer[sevennet])")
+    return pytest.importorskip(
+        "sevenn", reason="sevenn is not installed (pip install matxfer[sevennet])"
+    )
 
 
 def _cls():
@@ -342,7 +344,9 @@ def _tensor_model(bb):
 
     task = make_task("dielectric_total")
     head = build_head({"name": "tensor", "formula": task.formula}, bb.out_spec)
-    return PropertyModel(bb, {"dielectric_total": head}, {"dielectric_total": build_normalizer(task)})
+    return PropertyModel(
+        bb, {"dielectric_total": head}, {"dielectric_total": build_normalizer(task)}
+    )
 
 
 def test_frozen_backbone_tensor_head_trains_and_is_equivariant(sevenn_installed, si, batio3):
@@ -395,11 +399,16 @@ def test_full_recipe_trains_the_backbone(sevenn_installed, si, zno):
     model(batch)["dielectric_total"].pow(2).sum().backward()
     opt.step()
     after = model.backbone.state_dict()
-    moved = ("embedding.species.linear.weight", "interactions.1.parts.convolution.weight_nn.layer0.weight")
+    moved = (
+        "embedding.species.linear.weight",
+        "interactions.1.parts.convolution.weight_nn.layer0.weight",
+    )
     for key in moved:
         assert not torch.equal(before[key], after[key]), key
-    assert torch.equal(before["interactions.0.parts.convolution.denominator"],
-                       after["interactions.0.parts.convolution.denominator"])
+    assert torch.equal(
+        before["interactions.0.parts.convolution.denominator"],
+        after["interactions.0.parts.convolution.denominator"],
+    )
 
 
 def test_edge_head_on_sevennet(backbone64, batio3):

@@ -261,14 +261,20 @@ class SevenNetBackbone(Backbone):
         n_blocks = int(cfg["num_convolution_layer"])
         if layers == "all":
             used = list(range(n_blocks))
-        elif isinstance(layers, (list, tuple)) and layers and all(
-            isinstance(k, int) and not isinstance(k, bool) for k in layers
+        elif (
+            isinstance(layers, (list, tuple))
+            and layers
+            and all(isinstance(k, int) and not isinstance(k, bool) for k in layers)
         ):
             used = sorted({int(k) for k in layers})
             if used[0] < 0 or used[-1] >= n_blocks:
-                raise ValueError(f"layers {list(layers)} out of range: {model!r} has {n_blocks} blocks")
+                raise ValueError(
+                    f"layers {list(layers)} out of range: {model!r} has {n_blocks} blocks"
+                )
         else:
-            raise ValueError(f"layers must be 'all' or a non-empty list of block indices, got {layers!r}")
+            raise ValueError(
+                f"layers must be 'all' or a non-empty list of block indices, got {layers!r}"
+            )
         if readout:
             used_blocks = n_blocks  # the read-out needs the last block
         else:
@@ -304,9 +310,7 @@ class SevenNetBackbone(Backbone):
             blocks.append(_Block(parts))
             block_irreps.append(o3.Irreps(parts["equivariant_gate"].gate.irreps_out))
         self.interactions = nn.ModuleList(blocks)
-        self.readout = (
-            nn.ModuleDict({p: mods[p] for p in _READOUT_PARTS}) if readout else None
-        )
+        self.readout = nn.ModuleDict({p: mods[p] for p in _READOUT_PARTS}) if readout else None
         self.sevennet_irreps = [block_irreps[t] for t in used]
         self.out_spec = self._declared_irreps()
         self.register_load_state_dict_post_hook(_refresh_after_load)
