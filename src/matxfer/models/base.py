@@ -45,6 +45,14 @@ class Backbone(nn.Module):
         """Ordered parameter-name prefixes from input to output."""
         raise NotImplementedError
 
+    def check_graph_settings(self, settings) -> None:
+        """Raise ValueError when graphs built with ``settings`` cannot feed this backbone.
+
+        Called when a run's model is built; the default accepts any settings. A backbone
+        that reads the graph's edges as a fixed part of a pretrained model (e.g. the
+        ``sevennet`` cutoff) overrides it.
+        """
+
     def embed(self, data) -> Tensor:
         """Embed atoms: ``self.embedding`` of ``z`` or of tabulated ``x``.
 

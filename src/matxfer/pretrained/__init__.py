@@ -6,6 +6,9 @@
 - :mod:`matxfer.pretrained.chgnet_backbone`: CHGNet 0.3.0 as the ``chgnet`` backbone
   (importing this package registers it; its ``chgnet`` dependency is imported only when a
   backbone is built), and feature caching for frozen backbones.
+- :mod:`matxfer.pretrained.sevennet_backbone`: SevenNet-0 (``sevenn`` wheel) as the
+  equivariant ``sevennet`` backbone (per-atom irreps of every interaction block; ``sevenn``
+  is imported only when a backbone is built).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from matxfer.pretrained.chgnet_backbone import (
     attach_features,
     cache_features,
 )
+from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
 
 __all__ = [
     "CHGNetBackbone",
     "CachedBackbone",
     "CompatPredictor",
     "MissingDependencyError",
+    "SevenNetBackbone",
     "attach_features",
     "cache_features",
     "cgcnn_compat_graph",

@@ -1,7 +1,8 @@
-"""``matxfer import-cgcnn`` and ``matxfer import-chgnet``: third-party weights as matxfer checkpoints.
+"""``matxfer import-cgcnn``, ``import-chgnet`` and ``import-sevennet``: third-party weights as
+matxfer checkpoints.
 
-Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet``
-backbone (its dependency is imported only when one is built).
+Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet`` and
+``sevennet`` backbones (their dependencies are imported only when one is built).
 """
 
 from __future__ import annotations
@@ -79,6 +80,40 @@ def _run_chgnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sevennet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="7net-0",
+        help="SevenNet model of the sevenn wheel (7net-0, 7net-l3i5) or a checkpoint .pth",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="matxfer checkpoint to write (e.g. runs/imported/sevennet-0.ckpt)",
+    )
+    p.add_argument(
+        "--parity",
+        default="natural",
+        choices=["natural", "project", "split"],
+        help="how the features treat inversion (see the sevennet backbone's documentation)",
+    )
+
+
+def _run_sevennet(args: argparse.Namespace) -> int:
+    from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+
+    out = export_sevennet_checkpoint(args.out, args.model, parity=args.parity)
+    print(json.dumps({"checkpoint": str(out)}, indent=1))
+    return 0
+
+
+register_command(
+    "import-sevennet",
+    "write the pretrained SevenNet backbone as a matxfer checkpoint (a parent for transfer recipes)",
+    _add_sevennet_arguments,
+    _run_sevennet,
+)
+
 register_command(
     "import-chgnet",
     "write the pretrained CHGNet backbone as a matxfer checkpoint (a parent for transfer recipes)",
@@ -93,4 +128,4 @@ register_command(
     _run_import,
 )
 
-import matxfer.pretrained  # noqa: F401  (registers the chgnet backbone)
+import matxfer.pretrained  # noqa: F401  (registers the chgnet and sevennet backbones)

@@ -22,8 +22,10 @@ class PretrainSpec:
     - ``checkpoint``: an existing matxfer checkpoint, used as it is;
     - ``import``: third-party weights converted on first use (into
       ``DIR/pretrain/<name>/model.ckpt``): ``chgnet:0.3.0`` (CHGNet, needs the ``chgnet``
-      extra) or ``cgcnn:<model>`` (an original CGCNN checkpoint, ``<model>.pth.tar`` in the
-      ``cgcnn`` folder of the pretrained-weights directory, or a path to one; its
+      extra), ``sevennet:0`` (SevenNet-0; ``sevennet:7net-l3i5`` for another model of the
+      ``sevenn`` wheel; a ``:project`` or ``:split`` suffix sets the backbone's ``parity``;
+      needs the ``sevennet`` extra) or ``cgcnn:<model>`` (an original CGCNN checkpoint,
+      ``<model>.pth.tar`` in the ``cgcnn`` folder of the pretrained-weights directory, or a path to one; its
       ``atom_init.json`` beside it).
     """
 
@@ -88,7 +90,7 @@ class StudyConfig:
 
 
 #: kinds of third-party weights a study can import (``import: <kind>:<what>``)
-IMPORTERS = ("chgnet", "cgcnn")
+IMPORTERS = ("chgnet", "cgcnn", "sevennet")
 
 _STUDY_KEYS = {"name", "base", "pretrain", "targets", "recipes", "seeds", "scratch_pretrained",
                "reference", "notes"}
@@ -120,8 +122,8 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
             kind = str(spec["import"]).split(":", 1)[0]
             if kind not in IMPORTERS or ":" not in str(spec["import"]):
                 raise ValueError(
-                    f"pretrain.{name}.import={spec['import']!r}; valid: 'chgnet:<version>' or "
-                    "'cgcnn:<model or .pth.tar path>'"
+                    f"pretrain.{name}.import={spec['import']!r}; valid: 'chgnet:<version>', "
+                    "'sevennet:<model>[:<parity>]' or 'cgcnn:<model or .pth.tar path>'"
                 )
         pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint"), spec.get("import")))
     targets = []

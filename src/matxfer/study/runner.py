@@ -147,7 +147,8 @@ class StudyRunner:
         }
 
     def imported_checkpoint(self, spec) -> Path:
-        """Convert third-party weights (``import: chgnet:<version>`` or ``cgcnn:<model>``) once."""
+        """Convert third-party weights (``import: chgnet:<version>``, ``sevennet:<model>`` or
+        ``cgcnn:<model>``) once."""
         from matxfer.paths import pretrained_dir
 
         out = self.out / "pretrain" / spec.name / "model.ckpt"
@@ -159,6 +160,12 @@ class StudyRunner:
             from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
 
             return export_chgnet_checkpoint(out, what)
+        if kind == "sevennet":
+            from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+
+            model, _, parity = what.partition(":")
+            model = {"0": "7net-0", "sevennet-0": "7net-0"}.get(model, model)
+            return export_sevennet_checkpoint(out, model, parity=parity or "natural")
         from matxfer.pretrained.cgcnn_import import import_cgcnn
 
         src = Path(what).expanduser()

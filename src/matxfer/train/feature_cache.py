@@ -57,16 +57,25 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
 def compute_outputs(backbone: nn.Module, graphs: list, batch_size: int = 32) -> list[dict[str, Tensor]]:
     """Backbone outputs of each graph: ``{node_feats: [n_atoms, d]}`` (+ ``edge_feats``).
 
-    The backbone runs in eval mode (its mode is restored afterwards).
+    The backbone runs in eval mode (its mode is restored afterwards); a progress bar counts
+    the structures (silenced by ``MATXFER_PROGRESS=0``).
     """
     from torch_geometric.data import Batch
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from matxfer.progress import progress_bar
+
     was_training = backbone.training
     backbone.eval()
     device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     result: list[dict[str, Tensor]] = []
+    bar = progress_bar(
+        f"backbone features ({type(backbone).__name__})",
+        total=len(graphs),
+        disable=None if len(graphs) > batch_size else True,
+        unit="structure",
+    )
     try:
         for i in range(0, len(graphs), batch_size):
             chunk = graphs[i : i + batch_size]
@@ -81,7 +90,9 @@ def compute_outputs(backbone: nn.Module, graphs: list, batch_size: int = 32) -> 
                 if edges is not None:
                     item[K.EDGE_FEATURES] = edges[j].clone()
                 result.append(item)
+            bar.update(len(chunk))
     finally:
+        bar.close()
         backbone.train(was_training)
     return result
 

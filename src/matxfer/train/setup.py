@@ -161,6 +161,9 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
         else:
             heads[t] = with_graph_defaults(user_heads.get(t) or default_head(task, equivariant), settings)
     model = build_model({"backbone": bb_cfg, "heads": heads}, tasks)
+    check = getattr(model.backbone, "check_graph_settings", None)
+    if check is not None:
+        check(settings)
 
     if parent is not None:
         kind, _ = parse_recipe(cfg.transfer.recipe)
