@@ -57,6 +57,17 @@ VARIANTS = {
     "l1": {},
     "l1_sign_agnostic": {"tasks": {"piezo_tensor": {"sign_agnostic": True}}},
     "l1_relative": {"tasks": {"piezo_tensor": {"weighting": "relative"}}},
+    # frozen foundation backbones (features computed once), the same split and budget
+    "chgnet_head_edge": {"import": "chgnet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01}},
+    "sevennet_head_product": {
+        "import": "sevennet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01},
+        "model": {"heads": {"piezo_tensor": {"name": "tensor-product"}}},
+    },
+    "sevennet_head_product_relative": {
+        "import": "sevennet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01},
+        "model": {"heads": {"piezo_tensor": {"name": "tensor-product"}}},
+        "tasks": {"piezo_tensor": {"weighting": "relative"}},
+    },
 }
 
 
@@ -160,8 +171,15 @@ def train_variant(name: str, extra: dict, epochs: int) -> dict:
     from matxfer.study.runner import deep_merge
     from matxfer.train.loop import fit
 
+    extra = dict(extra)
+    imp = extra.pop("import", None)
     raw = deep_merge(BASE, extra)
     raw = deep_merge(raw, {"name": name, "out": str(RUNS / name), "optim": {"epochs": epochs}})
+    if imp:
+        from tensor_parameterization import parent_checkpoint
+
+        raw["transfer"]["init_from"] = parent_checkpoint(imp)
+        raw["model"] = {k: v for k, v in raw["model"].items() if k != "backbone"}
     t0 = time.time()
     res = fit(config_from_dict(raw), command="benchmark")
     blob = json.loads((RUNS / name / "test_predictions.json").read_text())
@@ -215,7 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--only", choices=["stats", "train"], default=None)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS) + ["eij_max"])
+    ap.add_argument("--variants", nargs="*", default=["l1", "l1_sign_agnostic", "l1_relative", "eij_max"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     result = json.loads(OUT.read_text()) if OUT.exists() else {}

@@ -206,3 +206,91 @@ class BornHead(_CartesianHead):
             batch, num_graphs = graph_index(data, x.shape[0], x.device)
             x = x - pool(x, batch, num_graphs, "mean").index_select(0, batch)
         return x
+
+
+def _product_irreps(irreps: o3.Irreps, mul: int) -> o3.Irreps:
+    """``mul`` copies of each irrep type of ``irreps`` (l <= 2 kept), for the product input."""
+    types = sorted({ir for _, ir in irreps if ir.l <= 2}, key=lambda ir: (ir.l, -ir.p))
+    return o3.Irreps([(mul, ir) for ir in types])
+
+
+@register_head("tensor-product")
+class ProductTensorHead(_CartesianHead):
+    """Per-crystal tensor from irreps features through per-atom tensor products.
+
+    A linear map of the node features cannot create an irrep the backbone lacks (a 3o
+    from SevenNet-0's ``0e + 1o + 2e`` features, say). This head first projects each
+    atom's features to ``mul`` channels of every irrep type (l <= 2), forms their
+    fully connected tensor product with itself (``1o x 2e -> 1o + 2o + 3o``,
+    ``2e x 2e -> 0e + 2e + 4e``...), keeps the products of the target's irrep types beside
+    a linear path of the features, pools over atoms and maps the result to the target
+    irreps through a gated hidden layer.
+
+    Args:
+        in_spec: the backbone's ``out_spec`` (``e3nn.o3.Irreps``).
+        formula: ``"ij=ji"``, ``"ijk=ikj"`` or ``"ijkl=jikl=klij"``.
+        mul: channels of each irrep type entering the product.
+        product_mul: channels of each target irrep type produced by the product.
+        hidden_irreps: the gated hidden layer after pooling (``"auto"`` or irreps).
+        reduce: ``"mean"`` (intensive, default) or ``"sum"``.
+    """
+
+    per_atom = False
+    task_kinds = ("tensor",)
+
+    def __init__(
+        self,
+        in_spec,
+        formula: str = "ijk=ikj",
+        mul: int = 8,
+        product_mul: int = 8,
+        hidden_irreps: str | None = "auto",
+        reduce: str = "mean",
+    ):
+        super().__init__()
+        if formula not in TENSOR_FORMULAS:
+            raise ValueError(f"unknown tensor formula {formula!r}; valid: {list(TENSOR_FORMULAS)}")
+        if mul < 1 or product_mul < 1:
+            raise ValueError(f"mul and product_mul must be >= 1, got {mul}, {product_mul}")
+        irreps_in = _irreps_in(in_spec, "tensor-product")
+        self.reduce = check_reduce(reduce)
+        target, _ = cartesian_basis(formula)
+        small = _product_irreps(irreps_in, mul)
+        # the target's irrep types, and scalars that gate the hidden layer after pooling
+        wanted = sorted({ir for _, ir in target} | {o3.Irrep("0e")}, key=lambda ir: (ir.l, -ir.p))
+        reachable = {ir_out for _, a in small for _, b in small for ir_out in a * b}
+        missing = [str(ir) for ir in wanted if ir not in reachable]
+        if missing:
+            raise ValueError(
+                f"the product of the backbone irreps {irreps_in} cannot make {missing} for "
+                f"{formula!r}"
+            )
+        prod_out = o3.Irreps([(product_mul, ir) for ir in wanted])
+        self.pre = o3.Linear(irreps_in, small, biases=True)
+        self.tp = o3.FullyConnectedTensorProduct(small, small, prod_out)
+        lin_types = [ir for ir in wanted if any(ir == i for _, i in irreps_in)]
+        self.lin_out = o3.Irreps([(mul, ir) for ir in lin_types])
+        self.lin = o3.Linear(irreps_in, self.lin_out, biases=True) if lin_types else None
+        pooled = prod_out + self.lin_out if lin_types else prod_out
+        self._pooled_irreps = pooled
+        self.irreps_out, q = cartesian_basis(formula)
+        self.formula = formula
+        self.rank = formula_rank(formula)
+        self.register_buffer("Q", q.to(torch.get_default_dtype()), persistent=False)
+        if hidden_irreps == "auto":
+            hidden_irreps = default_hidden(self.irreps_out)
+        self.map = IrrepsMap(pooled, self.irreps_out, hidden_irreps)
+        self.config = {"formula": formula, "mul": mul, "product_mul": product_mul,
+                       "hidden_irreps": hidden_irreps, "reduce": reduce}
+
+    def forward(self, backbone_out: dict, data) -> Tensor:
+        """Prediction in normalised irreps ``[B, irreps.dim]``."""
+        x = backbone_out[K.NODE_FEATURES]
+        s = self.pre(x)
+        parts = [self.tp(s, s)]
+        if self.lin is not None:
+            parts.append(self.lin(x))
+        y = torch.cat(parts, dim=-1)
+        batch, num_graphs = graph_index(data, x.shape[0], x.device)
+        return self.map(pool(y, batch, num_graphs, self.reduce))
+
