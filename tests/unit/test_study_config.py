@@ -125,3 +125,15 @@ def test_target_task_settings_reach_its_cells_only(tmp_path):
     assert "tasks" not in runner.cell_raw(gap, st.recipes[0], 10, 0, tmp_path / "cell2")
     with pytest.raises(ValueError, match="unknown key"):
         _study(targets={"g": {"data": {}, "sizes": [1], "task": {}}})
+
+
+def test_recipe_head_applies_to_every_label_of_its_cells(tmp_path):
+    st = _study(recipes=[{"name": "head", "kind": "head", "pretrained": "pre",
+                          "head": {"name": "tensor-product", "mul": 4}}])
+    runner = StudyRunner(st, tmp_path)
+    runner.pretrained = {"pre": {"checkpoint": "pre.ckpt"}}
+    raw = runner.cell_raw(st.targets[0], st.recipes[1], 10, 0, tmp_path / "c")
+    assert raw["model"]["heads"] == {"band_gap": {"name": "tensor-product", "mul": 4}}
+    assert "heads" not in runner.cell_raw(st.targets[0], st.recipes[0], 10, 0, tmp_path / "d").get("model", {})
+    with pytest.raises(ValueError, match="head must be"):
+        _study(recipes=[{"name": "h", "kind": "head", "pretrained": "pre", "head": "tensor"}])

@@ -66,7 +66,9 @@ class RecipeSpec:
     """A transfer recipe: ``kind`` in scratch | head | full | freeze:K, from a pretraining run.
 
     ``overrides`` are run-config dotted overrides for this recipe only
-    (e.g. ``optim.lr_mult.backbone=0.1``).
+    (e.g. ``optim.lr_mult.backbone=0.1``). ``head`` is the head config given to every
+    target label of the recipe's cells (e.g. ``{name: tensor-product}``); without it each
+    label gets its default head.
     """
 
     name: str
@@ -74,6 +76,7 @@ class RecipeSpec:
     pretrained: str | None = None
     overrides: list[str] = field(default_factory=list)
     keep_heads: list[str] = field(default_factory=list)
+    head: dict[str, Any] | None = None
 
 
 @dataclass
@@ -139,7 +142,10 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
     for item in raw.get("recipes") or []:
         if isinstance(item, str):
             item = {"name": item, "kind": item}
-        _check_keys(item, {"name", "kind", "pretrained", "overrides", "keep_heads"}, "recipes[]")
+        _check_keys(item, {"name", "kind", "pretrained", "overrides", "keep_heads", "head"},
+                    "recipes[]")
+        if item.get("head") is not None and not (isinstance(item["head"], dict) and item["head"].get("name")):
+            raise ValueError(f"recipe {item.get('name')!r}: head must be a head config with a 'name'")
         r = RecipeSpec(**item)
         if r.kind != "scratch" and r.pretrained is None:
             raise ValueError(f"recipe {r.name!r} ({r.kind}) needs 'pretrained: <pretrain run>'")

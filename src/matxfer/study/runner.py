@@ -291,6 +291,10 @@ class StudyRunner:
             raw.pop("graph", None)
             if "model" in raw:
                 raw["model"] = {"heads": raw["model"].get("heads", {})}
+        if recipe.head is not None:
+            raw.setdefault("model", {})["heads"] = {
+                t: dict(recipe.head) for t in raw["data"].get("targets", [])
+            }
         return apply_overrides(raw, recipe.overrides)
 
     def pretrain_raw(self, spec) -> dict:
