@@ -48,12 +48,12 @@ def test_bad_override():
         ("optim.epochs=2.5", "optim.epochs: expected an integer (>= 1), got 2.5"),
         ("optim.epochs=0", "optim.epochs: expected an integer (>= 1), got 0"),
         ("data.split.fractions=[0.5,0.1]",
-         "data.split.fractions: expected 3 fractions (train, val, test), each in [0, 1], summing to 1, "
-         "got [0.5, 0.1]"),
+         ("data.split.fractions: expected 3 fractions (train, val, test), each in [0, 1], "
+          "summing to 1, got [0.5, 0.1]")),
         ("data.split.fractions=[0.9,0.5,0.5]", "summing to 1, got [0.9, 0.5, 0.5] (sum 1.9)"),
         ("data.datasets=mp-elastic-2024",
-         "data.datasets: expected a list of strings, got the string 'mp-elastic-2024' "
-         "(write it as a list: [mp-elastic-2024])"),
+         ("data.datasets: expected a list of strings, got the string 'mp-elastic-2024' "
+          "(write it as a list: [mp-elastic-2024])")),
         ("trainer.deterministic=maybe", "trainer.deterministic: expected true or false, got 'maybe'"),
         ("optim.lr=abc", "optim.lr: expected a number (> 0), got 'abc'"),
         ("optim.lr=-1e-3", "optim.lr: expected a number (> 0), got '-1e-3'"),

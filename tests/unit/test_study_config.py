@@ -118,8 +118,8 @@ def test_pretraining_runs_can_import_third_party_weights(tmp_path):
         ({"targets": {"gap": {"data": {"datasets": ["petousis-dielectric-2017"]}, "sizes": 10}}},
          "targets.gap.sizes: expected a list of integers or strings (training-set sizes >= 1 or 'all'), got 10"),
         ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10, "most"]}}},
-         "targets.gap.sizes: expected a list of integers or strings (training-set sizes >= 1 or 'all'), "
-         "got [10, 'most']"),
+         ("targets.gap.sizes: expected a list of integers or strings (training-set sizes >= 1 or "
+          "'all'), got [10, 'most']")),
         ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10], "test_fraction": "a"}}},
          "targets.gap.test_fraction: expected a number (in [0, 1)), got 'a'"),
         ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10], "test_fraction": 0.6,

@@ -622,7 +622,13 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
     from lightning.pytorch.loggers import CSVLogger
     from torch_geometric.loader import DataLoader
 
-    from matxfer.checkpoint import _plain, build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
+    from matxfer.checkpoint import (
+        _plain,
+        build_checkpoint,
+        file_sha256,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from matxfer.train.data import prepare_data
     from matxfer.train.setup import build_run_model, fit_normalizers
     from matxfer.transfer import trainable_parameters
