@@ -227,3 +227,19 @@ def test_data_validate_cli_reports_the_bad_rows(tmp_path, si, capsys):
     assert (blob["n"], blob["passed"], blob["failed"]) == (2, 1, 1)
     (fail,) = blob["failures"]
     assert fail["id"] == "mp-huge" and "plausible maximum 1000" in fail["reason"]
+
+
+def test_macefield_malformed_frame_is_reported_and_the_rest_load(tmp_path):
+    z = np.eye(3) * 1.1
+    good = (np.eye(3) * 3.0, [z, -z])
+    path = tmp_path / "mace_field_mp_dielectric/dielectric-valid.xyz.gz"
+    _write_macefield(path, [good, good, good])
+    lines = gzip.open(path, "rt").read().splitlines()
+    lines[6] = lines[6].rsplit(" ", 3)[0]  # frame 1, first atom: three columns missing
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    _write_macefield(tmp_path / "mace_field_mp_dielectric/dielectric-test.xyz.gz", [good])
+    ds = load_dataset("macefield-dielectric-ionic", root=tmp_path)
+    assert ds.ids == ["macefield-valid-0000", "macefield-valid-0002", "macefield-test-0000"]
+    ((entry, reason),) = ds.failures
+    assert entry == "macefield-valid-0001" and "unreadable extended-XYZ frame: lines 5-8" in reason

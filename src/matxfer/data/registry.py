@@ -416,11 +416,43 @@ def _parse_dejong_piezo(paths: list[Path]) -> Iterator[RawEntry]:
         yield mp_id, build
 
 
-def _read_extxyz(path: Path):
+class _BadFrame:
+    """An extended-XYZ frame that could not be read (reported when its entry is built)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def check(self, entry: str) -> None:
+        raise RecordError(entry, f"unreadable extended-XYZ frame: {self.reason}")
+
+
+def _read_extxyz(path: Path) -> list:
+    """The frames of an extended-XYZ file, each read on its own: a malformed frame becomes a
+    :class:`_BadFrame` and the others still load. Frames are delimited by their atom-count
+    line; after a frame whose count line is unreadable nothing further can be delimited."""
     from ase.io import read
 
     with _open_text(path) as fh:
-        return read(fh, index=":", format="extxyz")
+        lines = fh.readlines()
+    frames: list = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        try:
+            n = int(lines[i].split()[0])
+        except ValueError:
+            frames.append(_BadFrame(f"line {i + 1}: atom count expected, got {lines[i].strip()[:40]!r} "
+                                    "(the rest of the file cannot be delimited)"))
+            break
+        chunk = "".join(lines[i : i + n + 2])
+        try:
+            frames.append(read(io.StringIO(chunk), index=0, format="extxyz"))
+        except Exception as exc:  # a malformed frame must not abort the file
+            frames.append(_BadFrame(f"lines {i + 1}-{i + n + 2}: {type(exc).__name__}: {exc}"))
+        i += n + 2
+    return frames
 
 
 def _atoms_to_structure(atoms) -> Structure:
@@ -467,6 +499,8 @@ def _parse_macefield(paths: list[Path]) -> Iterator[RawEntry]:
             entry = f"macefield-{split}-{i:04d}"
 
             def build(atoms=atoms, entry=entry):
+                if isinstance(atoms, _BadFrame):
+                    atoms.check(entry)
                 structure = _atoms_to_structure(atoms)
                 eps = _atoms_info(atoms, ("REF_dielectric_ionic",))
                 becs = _atoms_array(atoms, ("REF_becs",))
@@ -486,6 +520,8 @@ def _parse_petretto(paths: list[Path]) -> Iterator[RawEntry]:
         entry = f"petretto-{i:05d}"
 
         def build(atoms=atoms, entry=entry):
+            if isinstance(atoms, _BadFrame):
+                atoms.check(entry)
             structure = _atoms_to_structure(atoms)
             eps = _atoms_info(atoms, ("eps",))
             becs = _atoms_array(atoms, ("becs",))
