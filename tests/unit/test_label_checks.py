@@ -234,7 +234,8 @@ def test_macefield_malformed_frame_is_reported_and_the_rest_load(tmp_path):
     good = (np.eye(3) * 3.0, [z, -z])
     path = tmp_path / "mace_field_mp_dielectric/dielectric-valid.xyz.gz"
     _write_macefield(path, [good, good, good])
-    lines = gzip.open(path, "rt").read().splitlines()
+    with gzip.open(path, "rt") as fh:
+        lines = fh.read().splitlines()
     lines[6] = lines[6].rsplit(" ", 3)[0]  # frame 1, first atom: three columns missing
     with gzip.open(path, "wt") as fh:
         fh.write("\n".join(lines) + "\n")
