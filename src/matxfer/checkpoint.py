@@ -52,12 +52,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _plain(x: Any) -> Any:
-    """Check (recursively) that only plain types and tensors are stored."""
+def _plain(x: Any, int_keys: bool = False) -> Any:
+    """Check (recursively) that only plain types and tensors are stored.
+
+    Dict keys become strings, except integer keys with ``int_keys`` (optimiser state dicts
+    are keyed by parameter index).
+    """
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {
+            (k if int_keys and isinstance(k, int) else str(k)): _plain(v, int_keys)
+            for k, v in x.items()
+        }
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [_plain(v, int_keys) for v in x]
     if isinstance(x, (str, int, float, bool, type(None), torch.Tensor)):
         return x
     if hasattr(x, "item") and callable(x.item):  # numpy scalars

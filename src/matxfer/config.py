@@ -1,13 +1,19 @@
 """Run configuration: frozen dataclass schemas loaded from YAML with ``key=value`` overrides.
 
-Unknown keys are errors everywhere. Dotted overrides on the command line
-(``optim.lr=1e-3 model.backbone.n_layers=2``) are parsed as YAML scalars.
+Unknown keys are errors everywhere, and every field is type- and range-checked when read
+(:func:`check_field`): a wrong value is one line naming the key, the value and what was
+expected. Dotted overrides on the command line (``optim.lr=1e-3 model.backbone.n_layers=2``)
+are parsed as YAML scalars.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +152,7 @@ class TrainerConfig:
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str | int = "32-true"
     num_workers: int = 0
     progress: bool = True
     deterministic: bool = True
@@ -189,6 +195,190 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------
+# type and range checks: every field is checked when read, one line naming key, value and
+# what was expected
+# ----------------------------------------------------------------------------------------
+
+_RECIPE_RE = re.compile(r"scratch|head|full|freeze:\d+")
+
+
+def _fractions_ok(v: tuple[float, ...]) -> bool:
+    return all(0.0 <= x <= 1.0 for x in v) and abs(sum(v) - 1.0) <= 1e-6
+
+
+_GE0 = (lambda v: v >= 0, ">= 0")
+_GE1 = (lambda v: v >= 1, ">= 1")
+_GT0 = (lambda v: v > 0, "> 0")
+
+#: (dataclass, field) -> (test of the type-checked value, what is expected); None passes
+#: wherever the type allows it
+RULES: dict[tuple[type, str], tuple[Callable[[Any], bool], str]] = {
+    (SplitConfig, "fractions"): (
+        _fractions_ok,
+        "3 fractions (train, val, test), each in [0, 1], summing to 1",
+    ),
+    (SplitConfig, "sizes"): (lambda v: all(x is None or x >= 0 for x in v), "3 sizes >= 0 or null"),
+    (DataConfig, "limit"): _GE1,
+    (DataConfig, "train_size"): _GE1,
+    (DataConfig, "sampler"): (lambda v: v in ("uniform", "balanced"), "one of uniform, balanced"),
+    (GraphConfig, "cutoff"): _GT0,
+    (GraphConfig, "max_neighbors"): _GE1,
+    (GraphConfig, "fallback_k"): _GE1,
+    (TaskConfig, "weight"): _GE0,
+    (TaskConfig, "loss"): (lambda v: v in ("mse", "l1", "huber"), "one of mse, l1, huber"),
+    (TaskConfig, "weighting"): (lambda v: v in ("none", "relative"), "one of none, relative"),
+    (TaskConfig, "relative_floor"): _GT0,
+    (TaskConfig, "parameterization"): (
+        lambda v: v in ("linear", "log_isotropic"),
+        "one of linear, log_isotropic",
+    ),
+    (OptimConfig, "lr"): _GT0,
+    (OptimConfig, "weight_decay"): _GE0,
+    (OptimConfig, "epochs"): _GE1,
+    (OptimConfig, "batch_size"): _GE1,
+    (OptimConfig, "scheduler"): (
+        lambda v: v in ("cosine", "plateau", "none"),
+        "one of cosine, plateau, none",
+    ),
+    (OptimConfig, "warmup_epochs"): _GE0,
+    (OptimConfig, "patience"): _GE0,
+    (OptimConfig, "grad_clip"): _GE0,
+    (OptimConfig, "lr_mult"): (lambda v: all(x >= 0 for x in v.values()), "multipliers >= 0"),
+    (OptimConfig, "layer_decay"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    (OptimConfig, "max_time_min"): _GT0,
+    (OptimConfig, "budget_min"): _GT0,
+    (TrainerConfig, "symprec"): _GT0,
+    (TrainerConfig, "num_nodes"): _GE1,
+    (TrainerConfig, "num_workers"): _GE0,
+    (TransferConfig, "recipe"): (
+        lambda v: bool(_RECIPE_RE.fullmatch(v)),
+        "one of scratch, head, full, freeze:K (K >= 0)",
+    ),
+}
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return "anything"
+    if tp is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_plural(args[0])}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_plural(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_plural(args[0])} to {_plural(args[1])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _plural(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_plural(a) for a in typing.get_args(tp))
+    return {bool: "booleans", int: "integers", float: "numbers", str: "strings",
+            type(None): "nulls"}.get(tp, _describe(tp))
+
+
+class _Mismatch(ValueError):
+    pass
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (YAML-1.1 number strings such as ``1e-3`` read as numbers);
+    raises :class:`_Mismatch` when it is not one."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                v = float(value)
+            except ValueError:
+                raise _Mismatch from None
+            if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
+                return v
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        return [_element(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _Mismatch
+        return tuple(_element(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {_element(k, args[0], where): _element(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(f"no type check for {tp!r} ({where})")
+
+
+def _element(value: Any, tp: Any, where: str) -> Any:
+    try:
+        return _coerce(value, tp, where)
+    except _Mismatch:
+        raise ValueError(f"{where}: expected {_describe(tp)}, got {value!r}") from None
+
+
+def check_field(cls: type, name: str, value: Any, where: str, tp: Any = None) -> Any:
+    """The value of field ``name`` of dataclass ``cls`` after its type and range checks.
+
+    Raises:
+        ValueError: one line naming the key, the value and what was expected.
+    """
+    if tp is None:
+        tp = typing.get_type_hints(cls)[name]
+    rule = RULES.get((cls, name))
+    expected = _describe(tp)
+    if rule is not None:  # a rule saying what the value is replaces the type's name
+        expected = rule[1] if rule[1].startswith(("one of", "3 ")) else f"{expected} ({rule[1]})"
+    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    if isinstance(value, str) and str not in members and any(
+        typing.get_origin(m) in (list, tuple) for m in members
+    ):
+        raise ValueError(
+            f"{where}: expected {expected}, got the string {value!r} (write it as a list: [{value}])"
+        )
+    try:
+        out = _coerce(value, tp, where)
+    except _Mismatch:
+        raise ValueError(f"{where}: expected {expected}, got {value!r}") from None
+    if rule is not None and out is not None and not rule[0](out):
+        extra = f" (sum {sum(out):g})" if (cls, name) == (SplitConfig, "fractions") else ""
+        raise ValueError(f"{where}: expected {expected}, got {value!r}{extra}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------
 
 
 def _from_dict(cls, data: Any, where: str):
@@ -205,34 +395,20 @@ def _from_dict(cls, data: Any, where: str):
         raise ValueError(
             f"unknown key(s) {sorted(unknown)} in {where or 'config'}; valid: {sorted(fields)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        f = fields[name]
         sub = f"{where}.{name}" if where else name
         ftype = _SUBCONFIGS.get((cls, name))
         if ftype is not None:
             kwargs[name] = _from_dict(ftype, value, sub)
         elif (cls, name) == (RunConfig, "tasks"):
             if not isinstance(value, dict):
-                raise ValueError(f"{sub}: expected a mapping of task name -> settings")
+                raise ValueError(f"{sub}: expected a mapping of task name -> settings, got {value!r}")
             kwargs[name] = {k: _from_dict(TaskConfig, v, f"{sub}.{k}") for k, v in value.items()}
-        elif isinstance(value, list) and f.type.startswith("tuple"):
-            kwargs[name] = tuple(value)
-        elif isinstance(value, str) and "float" in f.type:
-            kwargs[name] = _as_float(value, sub)
-        elif isinstance(value, dict) and "dict[str, float]" in f.type:
-            kwargs[name] = {k: _as_float(v, f"{sub}.{k}") for k, v in value.items()}
         else:
-            kwargs[name] = value
+            kwargs[name] = check_field(cls, name, value, sub, hints[name])
     return cls(**kwargs)
-
-
-def _as_float(value: Any, where: str) -> float:
-    """YAML 1.1 reads ``1e-3`` as a string; accept it where a number is expected."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected a number, got {value!r}") from None
 
 
 _SUBCONFIGS = {
@@ -275,16 +451,34 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node[p], dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a mapping")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
     return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error is one line naming the file, line and column."""
+    text = Path(path).read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply overrides, and validate it (unknown keys are errors)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: the top level of a config must be a mapping")
     raw = apply_overrides(raw, overrides or [])
@@ -298,4 +492,8 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     unknown = set(cfg.model) - {"backbone", "heads"}
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in model; valid: ['backbone', 'heads']")
+    for key in ("backbone", "heads"):
+        value = cfg.model.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"model.{key}: expected a mapping, got {value!r}")
     return cfg

@@ -37,7 +37,11 @@ def test_loader_on_real_files(data_dir, name):
         pytest.skip(f"{name} not in {data_dir}")
     ds = load_dataset(name, root=data_dir, limit=12)
     assert len(ds.records) + len(ds.failures) == 12
-    assert len(ds.records) >= 10, ds.failures
+    # unloadable entries fail a label check (the MP 2024 set starts with unstable tensors),
+    # never the parser itself
+    assert len(ds.records) >= 8, ds.failures
+    for _, reason in ds.failures:
+        assert reason.startswith(("label ", *spec.targets)), reason
     for rec in ds.records:
         assert set(rec.labels) <= set(spec.targets)
         for t, v in rec.labels.items():

@@ -137,3 +137,41 @@ def test_recipe_head_applies_to_every_label_of_its_cells(tmp_path):
     assert "heads" not in runner.cell_raw(st.targets[0], st.recipes[0], 10, 0, tmp_path / "d").get("model", {})
     with pytest.raises(ValueError, match="head must be"):
         _study(recipes=[{"name": "h", "kind": "head", "pretrained": "pre", "head": "tensor"}])
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"seeds": "abc"}, "seeds: expected a number of seeds >= 1 or a non-empty list of integers, got 'abc'"),
+        ({"seeds": [0, 1.5]}, "seeds: expected"),
+        ({"seeds": 0}, "seeds: expected"),
+        ({"targets": {"gap": {"data": {"datasets": ["petousis-dielectric-2017"]}, "sizes": 10}}},
+         "targets.gap.sizes: expected a list of integers or strings (training-set sizes >= 1 or 'all'), got 10"),
+        ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10, "most"]}}},
+         ("targets.gap.sizes: expected a list of integers or strings (training-set sizes >= 1 or "
+          "'all'), got [10, 'most']")),
+        ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10], "test_fraction": "a"}}},
+         "targets.gap.test_fraction: expected a number (in [0, 1)), got 'a'"),
+        ({"targets": {"gap": {"data": {"datasets": ["x"]}, "sizes": [10], "test_fraction": 0.6,
+                              "val_fraction": 0.5}}},
+         "test_fraction + val_fraction = 1.1 leaves nothing to train on"),
+        ({"recipes": [{"name": "h", "kind": "hed", "pretrained": "pre"}]},
+         "recipes[0].kind: expected one of scratch, head, full, freeze:K (K >= 0), got 'hed'"),
+        ({"recipes": [{"name": "h", "kind": "head", "pretrained": "pre", "overrides": "optim.lr=1"}]},
+         "recipes[0].overrides: expected a list of strings, got the string 'optim.lr=1'"),
+        ({"base": "x"}, "base: expected a mapping, got 'x'"),
+    ],
+)
+def test_study_fields_are_type_checked(over, message):
+    with pytest.raises(ValueError) as exc:
+        _study(**over)
+    assert message in str(exc.value)
+
+
+def test_study_yaml_syntax_error(tmp_path):
+    from matxfer.study.config import load_study
+
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\ntargets: [a,\n")
+    with pytest.raises(ValueError, match=r"s.yaml: not valid YAML \(line \d+, column \d+"):
+        load_study(p)

@@ -89,12 +89,104 @@ def symmetrize_indices(arr: np.ndarray, formula: str) -> np.ndarray:
 
 
 class RecordError(ValueError):
-    """A bad entry: the message names the entry and the problem."""
+    """A bad entry: the message names the dataset (when known), the entry and the problem."""
 
-    def __init__(self, entry: str, reason: str):
-        super().__init__(f"{entry}: {reason}")
+    def __init__(self, entry: str, reason: str, dataset: str | None = None):
+        super().__init__(f"{dataset + ': ' if dataset else ''}{entry}: {reason}")
         self.entry = entry
         self.reason = reason
+        self.dataset = dataset
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """Physical checks of one tensor label, beyond shape, finiteness and index symmetry.
+
+    Eigenvalues are those of the symmetric 3x3 matrix (rank-2 tensors) or of the 6x6 Voigt
+    matrix (elastic tensors); the bounds catch unit slips and corrupt entries, not physics.
+
+    Attributes:
+        definite: ``"positive"`` (every eigenvalue > 0: elastic stability, a passive
+            dielectric), ``"semi"`` (no eigenvalue below -1 % of the largest |eigenvalue|,
+            floor 1: the ionic dielectric contribution) or None.
+        eig_min: smallest plausible eigenvalue (None: no bound).
+        eig_max: largest plausible eigenvalue (None: no bound).
+        abs_max: largest plausible |component| (None: no bound).
+        reason: one line saying where the bounds come from.
+    """
+
+    definite: str | None = None
+    eig_min: float | None = None
+    eig_max: float | None = None
+    abs_max: float | None = None
+    reason: str = ""
+
+
+#: checks that apply to a label whatever its dataset (a dataset's spec adds plausible ranges)
+DEFAULT_LABEL_RULES: dict[str, LabelRule] = {
+    K.ELASTIC_TENSOR: LabelRule(definite="positive"),
+    K.DIELECTRIC_TOTAL: LabelRule(definite="positive"),
+    K.DIELECTRIC_ELECTRONIC: LabelRule(definite="positive"),
+    K.DIELECTRIC_IONIC: LabelRule(definite="semi"),
+}
+
+
+def rule_for(name: str, rules: dict[str, LabelRule] | None = None) -> LabelRule | None:
+    """The rule of label ``name``: the dataset's own, else the default one."""
+    if rules and name in rules:
+        return rules[name]
+    return DEFAULT_LABEL_RULES.get(name)
+
+
+def _eigenvalues(name: str, arr: np.ndarray) -> np.ndarray | None:
+    if arr.shape == (3, 3, 3, 3):
+        from matxfer.tensors import cartesian_to_voigt
+
+        v = np.asarray(cartesian_to_voigt(arr), dtype=float)
+        return np.linalg.eigvalsh(0.5 * (v + v.T))
+    if arr.shape == (3, 3) and TARGET_FORMULAS.get(name) == "ij=ji":
+        return np.linalg.eigvalsh(0.5 * (arr + arr.T))
+    return None
+
+
+def label_problems(name: str, arr: np.ndarray, rule: LabelRule | None, pd_tol: float = 0.0) -> list[str]:
+    """What is physically wrong with a finite, index-symmetric tensor label (empty: nothing).
+
+    Args:
+        name: label name (units are looked up in :data:`TARGET_UNITS`).
+        arr: the label (full Cartesian tensor).
+        rule: the checks to run (None: none).
+        pd_tol: ``"positive"`` requires every eigenvalue > ``pd_tol`` x the largest |eigenvalue|.
+    """
+    if rule is None:
+        return []
+    units = TARGET_UNITS.get(name, "")
+    units = "" if units in ("", "dimensionless") else f" {units}"
+    why = f" ({rule.reason})" if rule.reason else ""
+    problems: list[str] = []
+    ev = _eigenvalues(name, arr)
+    definite_failed = False
+    if ev is not None and rule.definite == "positive" and ev.min() <= pd_tol * np.abs(ev).max():
+        problems.append(f"{name} not positive definite (min eigenvalue {ev.min():.4g}{units})")
+        definite_failed = True
+    if ev is not None and rule.definite == "semi" and ev.min() < -1e-2 * max(np.abs(ev).max(), 1.0):
+        problems.append(f"{name} has a negative eigenvalue ({ev.min():.4g}{units})")
+        definite_failed = True
+    if ev is not None and rule.eig_min is not None and not definite_failed and ev.min() < rule.eig_min:
+        problems.append(
+            f"{name} eigenvalue {ev.min():.4g}{units} below the plausible minimum {rule.eig_min:g}{why}"
+        )
+    if ev is not None and rule.eig_max is not None and ev.max() > rule.eig_max:
+        problems.append(
+            f"{name} eigenvalue {ev.max():.4g}{units} above the plausible maximum {rule.eig_max:g}{why}"
+        )
+    if rule.abs_max is not None:
+        big = float(np.abs(arr).max())
+        if big > rule.abs_max:
+            problems.append(
+                f"{name} component {big:.4g}{units} above the plausible maximum |{rule.abs_max:g}|{why}"
+            )
+    return problems
 
 
 @dataclass
@@ -135,46 +227,83 @@ def check_structure(entry: str, structure: Structure) -> Structure:
     return structure
 
 
-def check_label(entry: str, name: str, value: Any, n_atoms: int | None = None) -> Any:
-    """Validate one label's shape, finiteness and index symmetry; return it as float/ndarray."""
+def check_label(
+    entry: str,
+    name: str,
+    value: Any,
+    n_atoms: int | None = None,
+    rules: dict[str, LabelRule] | None = None,
+    dataset: str | None = None,
+) -> Any:
+    """Validate one label and return it as float / symmetrised ndarray.
+
+    The one check path of every label: shape, finiteness, index symmetry (where the tensor
+    must be symmetric), then the physical checks of its :class:`LabelRule` (positive
+    definiteness, plausible ranges: the dataset's rule from ``rules``, else the default).
+
+    Raises:
+        RecordError: naming the dataset, the entry and every problem found.
+    """
+
+    def bad(reason: str) -> RecordError:
+        return RecordError(entry, reason, dataset)
+
     shape = TARGET_SHAPES.get(name)
     if shape is None:
         try:
             v = float(value)
         except (TypeError, ValueError) as exc:
-            raise RecordError(entry, f"label {name!r} is not a number: {value!r}") from exc
+            raise bad(f"label {name!r} is not a number: {value!r}") from exc
         if not math.isfinite(v):
-            raise RecordError(entry, f"label {name!r} is not finite ({v})")
+            raise bad(f"label {name!r} is not finite ({v})")
         return v
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"label {name!r} is not an array of numbers: {exc}") from exc
     want = tuple(n_atoms if s == -1 else s for s in shape) if n_atoms is not None else shape
     if arr.ndim != len(want) or any(w not in (-1, a) for w, a in zip(want, arr.shape)):
-        raise RecordError(entry, f"label {name!r} has shape {arr.shape}, expected {want}")
+        raise bad(f"label {name!r} has shape {arr.shape}, expected {want}")
     if not np.all(np.isfinite(arr)):
-        raise RecordError(entry, f"label {name!r} contains NaN or inf")
+        n_bad = int((~np.isfinite(arr)).sum())
+        raise bad(f"label {name!r} contains NaN or inf ({n_bad} of {arr.size} components)")
     formula = TARGET_FORMULAS.get(name, "")
     perms = _INDEX_PERMUTATIONS.get(formula, ())
     if perms:
         scale = max(float(np.abs(arr).max()), 1e-12)
         asym = max(float(np.abs(arr - arr.transpose(p)).max()) for p in perms)
         if asym > SYMMETRY_RTOL * scale:
-            raise RecordError(
-                entry,
+            raise bad(
                 f"label {name!r} violates the index symmetry {formula} "
-                f"(max deviation {asym:.3g}, largest component {scale:.3g})",
+                f"(max deviation {asym:.3g}, largest component {scale:.3g})"
             )
         arr = symmetrize_indices(arr, formula)
+    problems = label_problems(name, arr, rule_for(name, rules))
+    if problems:
+        raise bad("; ".join(problems))
     return arr
 
 
 def make_record(
-    entry: str, structure: Structure, labels: dict[str, Any], meta: dict[str, Any] | None = None
+    entry: str,
+    structure: Structure,
+    labels: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    rules: dict[str, LabelRule] | None = None,
+    dataset: str | None = None,
 ) -> CrystalRecord:
-    """Build a checked record; labels that are ``None`` are treated as absent."""
-    check_structure(entry, structure)
+    """Build a checked record; labels that are ``None`` are treated as absent.
+
+    ``rules`` are the dataset's :class:`LabelRule` s (defaults: :data:`DEFAULT_LABEL_RULES`);
+    ``dataset`` names the dataset in error messages.
+    """
+    try:
+        check_structure(entry, structure)
+    except RecordError as exc:
+        raise RecordError(entry, exc.reason, dataset) from None
     clean = {}
     for name, value in labels.items():
         if value is None:
             continue
-        clean[name] = check_label(entry, name, value, n_atoms=len(structure))
+        clean[name] = check_label(entry, name, value, len(structure), rules, dataset)
     return CrystalRecord(entry, structure, clean, dict(meta or {}))

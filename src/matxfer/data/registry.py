@@ -25,7 +25,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from matxfer import keys as K
-from matxfer.data.records import TARGET_UNITS, CrystalRecord, RecordError, make_record
+from matxfer.data.records import TARGET_UNITS, CrystalRecord, LabelRule, RecordError, make_record
 from matxfer.paths import data_dir as default_data_dir
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class DatasetSpec:
     has_material_ids: bool = True
     #: synthetic datasets: writes ``files[0]`` under a root (called with that file's path)
     generator: Callable[[Path], Any] | None = None
+    #: physical checks and plausible ranges of the tensor labels (each with its reason);
+    #: labels not named here get :data:`matxfer.data.records.DEFAULT_LABEL_RULES`
+    label_rules: dict[str, LabelRule] = field(default_factory=dict)
 
     def paths(self, root: Path | None = None) -> list[Path]:
         root = Path(root) if root is not None else default_data_dir()
@@ -166,11 +169,35 @@ def _read_csv(path: Path, skip_comment: bool):
     return pd.read_csv(path, skiprows=1 if skip_comment else 0)
 
 
+_NONFINITE_NAMES = {"nan": math.nan, "NaN": math.nan, "inf": math.inf, "Infinity": math.inf}
+
+
+class _NonFiniteNames(ast.NodeTransformer):
+    """``nan`` / ``inf`` (as ``str(list_of_floats)`` writes them) become float constants."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in _NONFINITE_NAMES:
+            return ast.copy_location(ast.Constant(_NONFINITE_NAMES[node.id]), node)
+        return node
+
+
 def _literal(value: Any) -> Any:
-    """Parse a Python-literal string (tensors stored as strings); pass other values through."""
-    if isinstance(value, str):
+    """Parse a Python-literal string (tensors stored as strings); pass other values through.
+
+    ``nan`` and ``inf`` inside the literal are read as floats, so that a non-finite tensor
+    reaches the label checks (and is reported as such) instead of failing to parse.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
         return ast.literal_eval(value)
-    return value
+    except (ValueError, SyntaxError):
+        try:
+            tree = _NonFiniteNames().visit(ast.parse(value.strip(), mode="eval"))
+            return ast.literal_eval(tree)
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+            short = value if len(value) <= 60 else value[:57] + "..."
+            raise ValueError(f"cannot read {short!r} as a literal (a list of numbers?)") from None
 
 
 def _monty_array(value: Any) -> np.ndarray:
@@ -178,7 +205,18 @@ def _monty_array(value: Any) -> np.ndarray:
     value = _literal(value)
     if isinstance(value, dict) and "data" in value:
         value = value["data"]
-    return np.asarray(value, dtype=float)
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not an array of numbers ({exc})") from None
+
+
+def _tensor_array(entry: str, name: str, value: Any) -> np.ndarray:
+    """:func:`_monty_array`, with an unreadable value reported as a bad entry."""
+    try:
+        return _monty_array(value)
+    except ValueError as exc:
+        raise RecordError(entry, f"{name}: {exc}") from None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -216,28 +254,25 @@ def to_ieee_frame(structure: Structure, symprec: float = 0.01) -> Structure:
 def _voigt_elastic(entry: str, voigt: Any) -> np.ndarray:
     from matxfer.tensors import voigt_to_cartesian
 
-    arr = _monty_array(voigt)
+    arr = _tensor_array(entry, "elastic tensor", voigt)
     if arr.shape != (6, 6):
         raise RecordError(entry, f"elastic tensor has Voigt shape {arr.shape}, expected (6, 6)")
-    if not np.all(np.isfinite(arr)):
-        raise RecordError(entry, "elastic tensor contains NaN or inf")
-    asym = np.abs(arr - arr.T).max()
-    if asym > 1e-2 * max(np.abs(arr).max(), 1e-12):
-        raise RecordError(entry, f"elastic Voigt matrix is not symmetric (max |C-C^T| = {asym:.3g})")
-    return voigt_to_cartesian(0.5 * (arr + arr.T), rank=4)
+    # finiteness, C_IJ = C_JI (as C_ijkl = C_klij), positive definiteness and the plausible
+    # range are checked with every other label, in records.check_label
+    return voigt_to_cartesian(arr, rank=4)
 
 
 def _voigt_piezo(entry: str, voigt: Any) -> np.ndarray:
     from matxfer.tensors import voigt_to_cartesian
 
-    arr = _monty_array(voigt)
+    arr = _tensor_array(entry, "piezo tensor", voigt)
     if arr.shape != (3, 6):
         raise RecordError(entry, f"piezo tensor has Voigt shape {arr.shape}, expected (3, 6)")
     return voigt_to_cartesian(arr, rank=3)
 
 
 def _matrix3(entry: str, name: str, value: Any) -> np.ndarray:
-    arr = _monty_array(value)
+    arr = _tensor_array(entry, name, value)
     if arr.size == 9 and arr.shape != (3, 3):
         arr = arr.reshape(3, 3)
     if arr.shape != (3, 3):
@@ -381,11 +416,43 @@ def _parse_dejong_piezo(paths: list[Path]) -> Iterator[RawEntry]:
         yield mp_id, build
 
 
-def _read_extxyz(path: Path):
+class _BadFrame:
+    """An extended-XYZ frame that could not be read (reported when its entry is built)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def check(self, entry: str) -> None:
+        raise RecordError(entry, f"unreadable extended-XYZ frame: {self.reason}")
+
+
+def _read_extxyz(path: Path) -> list:
+    """The frames of an extended-XYZ file, each read on its own: a malformed frame becomes a
+    :class:`_BadFrame` and the others still load. Frames are delimited by their atom-count
+    line; after a frame whose count line is unreadable nothing further can be delimited."""
     from ase.io import read
 
     with _open_text(path) as fh:
-        return read(fh, index=":", format="extxyz")
+        lines = fh.readlines()
+    frames: list = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        try:
+            n = int(lines[i].split()[0])
+        except ValueError:
+            frames.append(_BadFrame(f"line {i + 1}: atom count expected, got {lines[i].strip()[:40]!r} "
+                                    "(the rest of the file cannot be delimited)"))
+            break
+        chunk = "".join(lines[i : i + n + 2])
+        try:
+            frames.append(read(io.StringIO(chunk), index=0, format="extxyz"))
+        except Exception as exc:  # a malformed frame must not abort the file
+            frames.append(_BadFrame(f"lines {i + 1}-{i + n + 2}: {type(exc).__name__}: {exc}"))
+        i += n + 2
+    return frames
 
 
 def _atoms_to_structure(atoms) -> Structure:
@@ -419,7 +486,7 @@ def _atoms_info(atoms, names: tuple[str, ...]):
 
 
 def _per_atom_3x3(entry: str, name: str, arr, n_atoms: int) -> np.ndarray:
-    a = np.asarray(arr, dtype=float)
+    a = _tensor_array(entry, name, arr)
     if a.shape != (n_atoms, 9) and a.shape != (n_atoms, 3, 3):
         raise RecordError(entry, f"{name} has shape {a.shape}, expected ({n_atoms}, 9)")
     return a.reshape(n_atoms, 3, 3)
@@ -432,6 +499,8 @@ def _parse_macefield(paths: list[Path]) -> Iterator[RawEntry]:
             entry = f"macefield-{split}-{i:04d}"
 
             def build(atoms=atoms, entry=entry):
+                if isinstance(atoms, _BadFrame):
+                    atoms.check(entry)
                 structure = _atoms_to_structure(atoms)
                 eps = _atoms_info(atoms, ("REF_dielectric_ionic",))
                 becs = _atoms_array(atoms, ("REF_becs",))
@@ -451,6 +520,8 @@ def _parse_petretto(paths: list[Path]) -> Iterator[RawEntry]:
         entry = f"petretto-{i:05d}"
 
         def build(atoms=atoms, entry=entry):
+            if isinstance(atoms, _BadFrame):
+                atoms.check(entry)
             structure = _atoms_to_structure(atoms)
             eps = _atoms_info(atoms, ("eps",))
             becs = _atoms_array(atoms, ("becs",))
@@ -524,6 +595,44 @@ _ELASTIC_SCALARS = {
     "log10_shear_modulus_vrh": _U["log10_shear_modulus_vrh"],
 }
 
+# Plausible ranges of the tensor labels. They catch unit slips and corrupt entries (a
+# component of 1e6 in a dielectric tensor), not unusual physics; each bound sits above the
+# largest value of the real dataset unless that value is itself corrupt (measured with
+# `matxfer data validate NAME --json`, see the README's data section).
+_ELASTIC_RULE = LabelRule(
+    definite="positive",
+    eig_max=3000.0,
+    reason="diamond, the stiffest known crystal, has a largest Voigt eigenvalue 3K of about "
+    "1.3e3 GPa; the 34 MP entries above 3000 GPa reach 1e7-1e14 GPa",
+)
+_EPS_TOTAL_RULE = LabelRule(
+    definite="positive",
+    eig_min=1.0,
+    eig_max=1000.0,
+    reason="a passive dielectric has eigenvalues >= 1; the largest DFPT value in the Petousis "
+    "set is 427",
+)
+_EPS_ELECTRONIC_RULE = LabelRule(
+    definite="positive",
+    eig_min=1.0,
+    eig_max=500.0,
+    reason="eps_inf = n^2 >= 1; the largest value in the Petousis set is 381 (a small PBE gap)",
+)
+_EPS_IONIC_RULE = LabelRule(
+    definite="semi",
+    eig_max=1000.0,
+    reason="the largest ionic contribution in the Petousis and MACE-Field sets is 416",
+)
+_PIEZO_RULE = LabelRule(
+    abs_max=100.0,
+    reason="the strongest known piezoelectrics have |e_ij| of a few tens of C/m^2; the de Jong "
+    "set's largest is 48.6",
+)
+_BORN_RULE = LabelRule(
+    abs_max=30.0,
+    reason="anomalous Born charges reach about 10 e (MACE-Field's largest is 11.1)",
+)
+
 register(
     DatasetSpec(
         name="mp-elastic-2024",
@@ -544,6 +653,7 @@ register(
                 "elasticity",
             ),
         ),
+        label_rules={K.ELASTIC_TENSOR: _ELASTIC_RULE},
     )
 )
 register(
@@ -564,6 +674,7 @@ register(
                 "elastic_tensor_2015",
             ),
         ),
+        label_rules={K.ELASTIC_TENSOR: _ELASTIC_RULE},
     )
 )
 register(
@@ -612,6 +723,11 @@ register(
                 "dielectric_constant",
             ),
         ),
+        label_rules={
+            K.DIELECTRIC_TOTAL: _EPS_TOTAL_RULE,
+            K.DIELECTRIC_ELECTRONIC: _EPS_ELECTRONIC_RULE,
+            K.DIELECTRIC_IONIC: _EPS_IONIC_RULE,
+        },
     )
 )
 register(
@@ -632,6 +748,7 @@ register(
                 "matminer==0.4.1:matminer/datasets/piezoelectric_tensor.csv",
             ),
         ),
+        label_rules={K.PIEZO_TENSOR: _PIEZO_RULE},
     )
 )
 _MACE_URL = (
@@ -667,6 +784,7 @@ register(
             ),
         ),
         has_material_ids=False,
+        label_rules={K.DIELECTRIC_IONIC: _EPS_IONIC_RULE, K.BORN_CHARGES: _BORN_RULE},
     )
 )
 register(
@@ -685,6 +803,7 @@ register(
         description="Electronic dielectric tensors and Born charges (DFPT)",
         downloads=(),
         has_material_ids=False,
+        label_rules={K.DIELECTRIC_ELECTRONIC: _EPS_ELECTRONIC_RULE, K.BORN_CHARGES: _BORN_RULE},
     )
 )
 register(
@@ -787,7 +906,7 @@ def missing_message(spec: DatasetSpec, root: Path) -> str:
 
 
 #: bump when a parser changes what it produces (invalidates the parsed-record cache)
-PARSER_VERSION = 2
+PARSER_VERSION = 3  # 3: one label-check path with per-dataset plausible ranges
 _MEMO: dict[tuple, LoadedDataset] = {}
 
 
@@ -902,7 +1021,7 @@ def parse_dataset(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # CIF rounding notes etc.
                 structure, labels, meta = build()
-            records.append(make_record(entry_id, structure, labels, meta))
+            records.append(make_record(entry_id, structure, labels, meta, spec.label_rules, name))
         except RecordError as exc:
             failures.append((entry_id, exc.reason))
         except ImportError:
@@ -915,10 +1034,11 @@ def parse_dataset(
         bar.close()
     if failures:
         log.warning(
-            "%s: %d entr%s skipped (first: %s: %s)",
+            "%s: %d entr%s skipped (first: %s: %s: %s)",
             name,
             len(failures),
             "y" if len(failures) == 1 else "ies",
+            name,
             *failures[0],
         )
     return LoadedDataset(spec, records, failures)

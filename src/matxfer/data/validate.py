@@ -1,8 +1,10 @@
 """Physical and symmetry validation of dataset entries.
 
 Every tensor label is checked against its structure's point group in Cartesian form
-(``R·T = T`` for every point-group rotation, to a relative tolerance) and for physical sanity:
-elastic and dielectric tensors positive definite, 0 < K_VRH, G_VRH < 500 GPa. Training uses
+(``R·T = T`` for every point-group rotation, to a relative tolerance) and for physical sanity
+by the same :func:`matxfer.data.records.label_problems` the loader runs (positive
+definiteness, the dataset's plausible ranges; an entry failing those is already reported as
+unloadable), and 0 < K_VRH, G_VRH < 500 GPa. Training uses
 only the entries that pass and reports how many were dropped. Results are cached on disk
 (symmetry analysis costs ~20 ms per structure), keyed by the dataset files, the tolerances
 and the validator version.
@@ -22,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from matxfer import keys as K
-from matxfer.data.records import TARGET_FORMULAS, CrystalRecord
+from matxfer.data.records import TARGET_FORMULAS, CrystalRecord, LabelRule, label_problems, rule_for
 from matxfer.data.registry import LoadedDataset
 from matxfer.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-VALIDATOR_VERSION = 1
+VALIDATOR_VERSION = 2
 #: physical bounds on the moduli (GPa), as used by MatTen and matcalc
 MODULUS_BOUNDS = (0.0, 500.0)
 
@@ -64,22 +66,25 @@ class EntryResult:
         return not self.reasons
 
 
-def _eigvals_sym(m: np.ndarray) -> np.ndarray:
-    return np.linalg.eigvalsh(0.5 * (m + m.T))
+def check_record(
+    record: CrystalRecord,
+    settings: ValidationSettings,
+    rules: dict[str, LabelRule] | None = None,
+) -> EntryResult:
+    """Run every check on one record; returns the crystal system and the failure reasons.
 
-
-def check_record(record: CrystalRecord, settings: ValidationSettings) -> EntryResult:
-    """Run every check on one record; returns the crystal system and the failure reasons."""
+    ``rules`` are the dataset's label rules (``DatasetSpec.label_rules``; default rules
+    otherwise).
+    """
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from matxfer.tensors import (
-        cartesian_to_voigt,
-        elastic_moduli,
-        symmetry_error,
-    )
+    from matxfer.tensors import elastic_moduli, symmetry_error
 
     reasons: list[str] = []
     tensor_labels = [t for t in record.labels if t in TARGET_FORMULAS and t != K.BORN_CHARGES]
+    born = record.labels.get(K.BORN_CHARGES)
+    if born is not None:  # per-atom: its plausible range (no point-group check here)
+        reasons.extend(label_problems(K.BORN_CHARGES, np.asarray(born), rule_for(K.BORN_CHARGES, rules)))
     crystal_system = "unknown"
     rotations = None
     try:
@@ -100,25 +105,14 @@ def check_record(record: CrystalRecord, settings: ValidationSettings) -> EntryRe
                     f"{name} breaks the {crystal_system} point-group symmetry "
                     f"(relative error {err:.3g} > {settings.rtol})"
                 )
+        reasons.extend(label_problems(name, t, rule_for(name, rules), settings.pd_tol))
         if name == K.ELASTIC_TENSOR:
-            v = cartesian_to_voigt(t)
-            ev = _eigvals_sym(v)
-            if ev.min() <= settings.pd_tol * np.abs(ev).max():
-                reasons.append(f"elastic tensor not positive definite (min eigenvalue {ev.min():.3g} GPa)")
             m = elastic_moduli(t)
             for key in ("k_vrh", "g_vrh"):
                 val = m[key]
                 lo, hi = MODULUS_BOUNDS
                 if not (np.isfinite(val) and lo < val < hi):
                     reasons.append(f"derived {key.upper()} = {val:.4g} GPa outside ({lo:g}, {hi:g})")
-        elif name in (K.DIELECTRIC_TOTAL, K.DIELECTRIC_ELECTRONIC):
-            ev = _eigvals_sym(t)
-            if ev.min() <= settings.pd_tol * np.abs(ev).max():
-                reasons.append(f"{name} not positive definite (min eigenvalue {ev.min():.3g})")
-        elif name == K.DIELECTRIC_IONIC:
-            ev = _eigvals_sym(t)
-            if ev.min() < -1e-2 * max(np.abs(ev).max(), 1.0):
-                reasons.append(f"{name} has a negative eigenvalue ({ev.min():.3g})")
 
     for name in (K.BULK_MODULUS_VRH, K.SHEAR_MODULUS_VRH):
         if name in record.labels:
@@ -180,6 +174,11 @@ def _records_fingerprint(records: list[CrystalRecord]) -> str:
     return h.hexdigest()[:16]
 
 
+def _rules_key(rules: dict[str, LabelRule]) -> str:
+    blob = json.dumps({k: asdict(v) for k, v in sorted(rules.items())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 def validate_dataset(
     ds: LoadedDataset,
     settings: ValidationSettings | None = None,
@@ -191,7 +190,8 @@ def validate_dataset(
     cache_file = (
         cache_dir()
         / "validation"
-        / f"{ds.spec.name}-{settings.key()}-{_records_fingerprint(ds.records)}.json"
+        / f"{ds.spec.name}-{settings.key()}-{_rules_key(ds.spec.label_rules)}-"
+        f"{_records_fingerprint(ds.records)}.json"
     )
     if use_cache and cache_file.is_file():
         try:
@@ -207,7 +207,7 @@ def validate_dataset(
         bar = progress_bar(f"validating {ds.spec.name}", total=len(ds.records))
     results = []
     for rec in ds.records:
-        results.append(check_record(rec, settings))
+        results.append(check_record(rec, settings, ds.spec.label_rules))
         if bar is not None:
             bar.update(1)
     if bar is not None:

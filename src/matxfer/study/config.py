@@ -1,4 +1,8 @@
-"""Study configuration: pretraining runs, targets, recipes, sizes and seeds."""
+"""Study configuration: pretraining runs, targets, recipes, sizes and seeds.
+
+Every field is type- and range-checked when read (:func:`matxfer.config.check_field`); the run
+configs inside (``base``, pretraining ``config``) are checked when each run is built.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from matxfer.config import apply_overrides
+from matxfer.config import _RECIPE_RE, RULES, apply_overrides, check_field, read_yaml
 
 
 @dataclass
@@ -52,7 +54,7 @@ class TargetSpec:
 
     name: str
     data: dict[str, Any]
-    sizes: list[Any]
+    sizes: list[int | str]
     test_fraction: float = 0.1
     val_fraction: float = 0.1
     test_size: int | None = None
@@ -92,6 +94,28 @@ class StudyConfig:
     notes: str = ""
 
 
+RULES.update(
+    {
+        (TargetSpec, "sizes"): (
+            lambda v: len(v) > 0 and all(x == "all" if isinstance(x, str) else x >= 1 for x in v),
+            "training-set sizes >= 1 or 'all'",
+        ),
+        (TargetSpec, "test_fraction"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+        (TargetSpec, "val_fraction"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+        (TargetSpec, "test_size"): (lambda v: v >= 0, ">= 0"),
+        (TargetSpec, "val_size"): (lambda v: v >= 0, ">= 0"),
+        (RecipeSpec, "kind"): (
+            lambda v: bool(_RECIPE_RE.fullmatch(v)),
+            "one of scratch, head, full, freeze:K (K >= 0)",
+        ),
+    }
+)
+
+
+def _checked(cls, spec: dict[str, Any], where: str) -> dict[str, Any]:
+    return {k: check_field(cls, k, v, f"{where}.{k}") for k, v in spec.items()}
+
+
 #: kinds of third-party weights a study can import (``import: <kind>:<what>``)
 IMPORTERS = ("chgnet", "cgcnn", "sevennet")
 
@@ -106,7 +130,9 @@ def _check_keys(d: dict, allowed: set[str], where: str) -> None:
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level of a study config must be a mapping")
     raw = apply_overrides(raw, overrides or [])
     return study_from_dict(raw)
 
@@ -114,9 +140,22 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
 def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
     raw = copy.deepcopy(raw)
     _check_keys(raw, _STUDY_KEYS, "study")
+    for key, want in (("name", str), ("notes", str), ("base", dict), ("pretrain", dict),
+                      ("targets", dict), ("recipes", list), ("reference", dict),
+                      ("scratch_pretrained", str)):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, want):
+            kind = {str: "a string", dict: "a mapping", list: "a list"}[want]
+            raise ValueError(f"{key}: expected {kind}, got {value!r}")
     pre = []
     for name, spec in (raw.get("pretrain") or {}).items():
         spec = spec or {}
+        if not isinstance(spec, dict):
+            raise ValueError(f"pretrain.{name}: expected a mapping with config, checkpoint or import, got {spec!r}")
+        if spec.get("config") is not None and not isinstance(spec["config"], dict):
+            raise ValueError(f"pretrain.{name}.config: expected a mapping (a run config), got {spec['config']!r}")
+        if spec.get("checkpoint") is not None and not isinstance(spec["checkpoint"], str):
+            raise ValueError(f"pretrain.{name}.checkpoint: expected a path, got {spec['checkpoint']!r}")
         _check_keys(spec, {"config", "checkpoint", "import"}, f"pretrain.{name}")
         given = [k for k in ("config", "checkpoint", "import") if spec.get(k)]
         if len(given) != 1:
@@ -133,20 +172,32 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
     tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed",
              "tasks"}
     for name, spec in (raw.get("targets") or {}).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"targets.{name}: expected a mapping with 'data' and 'sizes', got {spec!r}")
         _check_keys(spec, tkeys, f"targets.{name}")
         if "data" not in spec or "sizes" not in spec:
             raise ValueError(f"targets.{name}: needs 'data' and 'sizes'")
-        targets.append(TargetSpec(name=name, **spec))
+        t = TargetSpec(name=name, **_checked(TargetSpec, spec, f"targets.{name}"))
+        if t.test_fraction + t.val_fraction >= 1:
+            raise ValueError(
+                f"targets.{name}: test_fraction + val_fraction = {t.test_fraction + t.val_fraction:g} "
+                "leaves nothing to train on (expected < 1)"
+            )
+        targets.append(t)
     recipes = []
     names = {p.name for p in pre}
-    for item in raw.get("recipes") or []:
+    for i, item in enumerate(raw.get("recipes") or []):
         if isinstance(item, str):
             item = {"name": item, "kind": item}
+        if not isinstance(item, dict):
+            raise ValueError(f"recipes[{i}]: expected a mapping or a recipe name, got {item!r}")
         _check_keys(item, {"name", "kind", "pretrained", "overrides", "keep_heads", "head"},
                     "recipes[]")
+        if "name" not in item:
+            raise ValueError(f"recipes[{i}]: needs a 'name'")
         if item.get("head") is not None and not (isinstance(item["head"], dict) and item["head"].get("name")):
             raise ValueError(f"recipe {item.get('name')!r}: head must be a head config with a 'name'")
-        r = RecipeSpec(**item)
+        r = RecipeSpec(**_checked(RecipeSpec, item, f"recipes[{i}]"))
         if r.kind != "scratch" and r.pretrained is None:
             raise ValueError(f"recipe {r.name!r} ({r.kind}) needs 'pretrained: <pretrain run>'")
         if r.pretrained is not None and r.pretrained not in names:
@@ -157,7 +208,18 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
     if len({r.name for r in recipes}) != len(recipes):
         raise ValueError("recipe names must be unique")
     seeds = raw.get("seeds", 5)
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    elif (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+    ):
+        seeds = list(seeds)
+    else:
+        raise ValueError(
+            f"seeds: expected a number of seeds >= 1 or a non-empty list of integers, got {seeds!r}"
+        )
     scratch_pre = raw.get("scratch_pretrained")
     if scratch_pre is not None and scratch_pre not in names:
         raise ValueError(f"scratch_pretrained: unknown pretraining run {scratch_pre!r}")

@@ -13,7 +13,10 @@ from matxfer.cli import _print_json, register_command
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML run config")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-3")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<name>)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<name>); a rerun on "
+                   "the same directory resumes from its last.ckpt")
+    p.add_argument("--force", action="store_true",
+                   help="start afresh in a run directory that holds a run of another config")
 
 
 def _run_fit(args, command: str, extra: list[str]) -> int:
@@ -24,7 +27,7 @@ def _run_fit(args, command: str, extra: list[str]) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     cfg = load_config(args.config, overrides)
-    res = fit(cfg, command=command)
+    res = fit(cfg, command=command, force=args.force)
     print(f"checkpoint: {res.checkpoint}")
     print(json.dumps({"test": res.metrics.get("test"), "wall_time_s": round(res.wall_time_s, 1)}, indent=1, default=float))
     return 0

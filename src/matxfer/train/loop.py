@@ -2,9 +2,22 @@
 
 :func:`fit` is what ``matxfer train`` and ``matxfer finetune`` run. It writes into the run
 directory: ``best.ckpt`` (matxfer format, updated whenever validation improves, so an
-interrupted run keeps its best model), ``model.ckpt`` (the final best model with test
-metrics), ``metrics.json``, ``split.json``, ``config.yaml``, Lightning's CSV logs and
+interrupted run keeps its best model), ``last.ckpt`` (written atomically after every epoch:
+the matxfer checkpoint plus the state to resume from), ``model.ckpt`` (the final best model
+with test metrics), ``metrics.json``, ``split.json``, ``config.yaml``, Lightning's CSV logs and
 ``train.log``.
+
+Resuming: a rerun on the same run directory continues from ``last.ckpt`` and ends with the
+same weights as an uninterrupted run. ``last.ckpt`` stays plain data and tensors (loadable with
+``torch.load(weights_only=True)``): weights, optimiser and scheduler state dicts, the RNG
+states (torch, CUDA, numpy, Python, the data loader's generator) as tensors and lists, the
+number of completed epochs, the best-so-far weights and the early-stopping counters. Lightning
+itself starts a fresh fit whose epoch counter is set to the completed epochs; its own
+``ckpt_path=`` resume is not used, because its checkpoint is a pickle of loop and callback
+objects, it leaves the RNG and loader-generator states out (so the batch order after a resume
+would differ), and a checkpoint written at the end of an epoch restarts there through
+version-dependent "restart stage" logic. A rerun with a different config on a run directory is
+refused (naming the differing keys) unless ``force`` is given, which starts afresh.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,6 +238,17 @@ def _best_tracker_class():
             self.best_state = None
             self.on_improve = on_improve
 
+        def resume_state(self) -> dict:
+            state = None
+            if self.best_state is not None:
+                state = {k: v.detach().cpu().clone() for k, v in self.best_state.items()}
+            return {"best": self.best, "best_epoch": self.best_epoch, "best_state": state}
+
+        def restore(self, state: dict) -> None:
+            self.best = float(state["best"])
+            self.best_epoch = int(state["best_epoch"])
+            self.best_state = state.get("best_state")
+
         def on_validation_epoch_end(self, trainer, pl_module):
             if trainer.sanity_checking:
                 return
@@ -239,6 +264,193 @@ def _best_tracker_class():
                     self.on_improve(pl_module.model, val, trainer.current_epoch)
 
     return BestTracker
+
+
+# ----------------------------------------------------------------------------------------
+# resuming
+# ----------------------------------------------------------------------------------------
+
+LAST_CKPT = "last.ckpt"
+#: config keys that may differ between a run and its rerun
+_RESUME_IGNORED_KEYS = {"out"}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``out`` ignored)."""
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _RESUME_IGNORED_KEYS)
+    return [k for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG state training draws from, as tensors, lists and numbers."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss = random.getstate()
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [t.clone() for t in torch.cuda.get_rng_state_all()]
+    return {
+        "torch": torch.get_rng_state().clone(),
+        "cuda": cuda,
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "state": [int(x) for x in py_state], "gauss": gauss},
+        "generator": None if generator is None else generator.get_state().clone(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+
+
+def prepare_run_dir(out: Path, cfg: RunConfig, force: bool = False) -> dict[str, Any] | None:
+    """Check a run directory before training; return its ``last.ckpt`` to resume from, or None.
+
+    A directory holding a run (``last.ckpt`` or ``config.yaml``) of a different config is
+    refused unless ``force``. With ``force``, or when there is nothing to resume, the earlier
+    checkpoints and metrics are removed and training starts afresh.
+
+    Raises:
+        ValueError: the config differs (the message names the differing keys), or
+            ``last.ckpt`` is unreadable.
+    """
+    from matxfer.checkpoint import load_checkpoint
+
+    last = out / LAST_CKPT
+    new = to_dict(cfg)
+    ckpt = None
+    old = None
+    if last.is_file() and not force:
+        try:
+            ckpt = load_checkpoint(last)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; rerun with --force to start {out} afresh") from None
+        if "resume" not in ckpt:
+            raise ValueError(f"{last} holds no resume state; rerun with --force to start afresh")
+        old = ckpt.get("config") or {}
+    elif (out / "config.yaml").is_file() and not force:
+        old = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    if old is not None:
+        diff = config_differences(old, new)
+        if diff:
+            fo, fn = _flatten(old), _flatten(new)
+            shown = ", ".join(
+                f"{k} ({fo.get(k, '<absent>')!r} -> {fn.get(k, '<absent>')!r})" for k in diff[:8]
+            )
+            more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
+            raise ValueError(
+                f"{out} holds a run with a different config; differing keys: {shown}{more}. "
+                "Use another --out, or --force to discard that run and start afresh"
+            )
+    if ckpt is None:  # a fresh start: nothing of an earlier run may pass for this one's
+        for name in (LAST_CKPT, "best.ckpt", "model.ckpt", "metrics.json", "test_predictions.json"):
+            (out / name).unlink(missing_ok=True)
+    return ckpt
+
+
+def _resume_callback_class():
+    import lightning as L
+
+    class ResumeState(L.Callback):
+        """Writes ``last.ckpt`` after every epoch; restores optimiser, scheduler and RNG
+        states at the start of a resumed fit."""
+
+        def __init__(self, write, generator, early_stopping, tracker, resume=None):
+            self.write = write
+            self.generator = generator
+            self.early_stopping = early_stopping
+            self.tracker = tracker
+            self.resume = resume
+
+        def on_train_start(self, trainer, pl_module):
+            r = self.resume
+            if r is None:
+                return
+            for opt, st in zip(trainer.optimizers, r["optimizers"]):
+                opt.load_state_dict(st)
+            for conf, st in zip(trainer.lr_scheduler_configs, r["schedulers"]):
+                conf.scheduler.load_state_dict(st)
+            # after Lightning has set up the training data loader, before the first batch
+            set_rng_state(r["rng"], self.generator)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            epoch = trainer.current_epoch + 1  # completed epochs
+            state = {
+                "epoch": epoch,
+                "finished": bool(trainer.should_stop) or epoch >= (trainer.max_epochs or 0),
+                "global_step": int(trainer.global_step),
+                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "schedulers": [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+                "rng": rng_state(self.generator),
+                "best": self.tracker.resume_state(),
+                "early_stopping": None
+                if self.early_stopping is None
+                else self.early_stopping.state_dict(),
+            }
+            if trainer.is_global_zero:
+                self.write(pl_module.model, state)
+
+    return ResumeState
+
+
+def _start_at_epoch(trainer, epoch: int, global_step: int) -> None:
+    """Make a fresh Lightning fit count on from ``epoch`` completed epochs."""
+    prog = trainer.fit_loop.epoch_progress
+    for tracker in (prog.total, prog.current):
+        tracker.ready = tracker.started = tracker.processed = tracker.completed = epoch
+    loop = trainer.fit_loop.epoch_loop
+    if hasattr(loop, "_batches_that_stepped"):
+        loop._batches_that_stepped = global_step  # the CSV log's step column continues
+
+
+def _merge_csv_logs(path: Path, earlier: str | None, start_epoch: int) -> None:
+    """Put back the rows of the epochs before a resume (Lightning's CSV logger restarts its file)."""
+    import csv
+    import io
+
+    if not earlier:
+        return
+    old_rows = [
+        r
+        for r in csv.DictReader(io.StringIO(earlier))
+        if r.get("epoch") not in (None, "") and int(float(r["epoch"])) < start_epoch
+    ]
+    new_rows = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            new_rows = list(csv.DictReader(fh))
+    fields: list[str] = []
+    for r in old_rows + new_rows:
+        fields.extend(k for k in r if k not in fields)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(old_rows + new_rows)
 
 
 # ----------------------------------------------------------------------------------------
@@ -521,19 +733,30 @@ def plan_budget(model, tasks, train_loader, val_loader, budget_min: float,
             "budget_s": budget_s}
 
 
-def fit(cfg: RunConfig, command: str = "train") -> FitResult:
-    """Train (or fine-tune) as configured and write the run directory."""
+def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResult:
+    """Train (or fine-tune) as configured and write the run directory.
+
+    A run directory holding ``last.ckpt`` of the same config is resumed; one with a different
+    config is refused unless ``force`` (see :func:`prepare_run_dir`).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
     from torch_geometric.loader import DataLoader
 
-    from matxfer.checkpoint import build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
+    from matxfer.checkpoint import (
+        _plain,
+        build_checkpoint,
+        file_sha256,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from matxfer.train.data import prepare_data
     from matxfer.train.setup import build_run_model, fit_normalizers
     from matxfer.transfer import trainable_parameters
 
     out = Path(cfg.out or f"runs/{cfg.name}")
+    resume_ckpt = prepare_run_dir(out, cfg, force) if out.is_dir() else None
     handler = _setup_logging(out)
     _quiet_lightning()
     t0 = time.time()
@@ -600,10 +823,26 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
         def on_improve(m, val, epoch):
             save_checkpoint(ckpt_of(m, {"val_loss": val, "epoch": epoch}), out / "best.ckpt")
 
+        def write_last(m, state):
+            ck = ckpt_of(m, {"epoch": state["epoch"] - 1})
+            ck["resume"] = _plain(state, int_keys=True)
+            save_checkpoint(ck, out / LAST_CKPT)  # temporary file + rename: never half written
+
         tracker = _best_tracker_class()(on_improve)
-        callbacks = [tracker]
+        early = None
         if cfg.optim.patience > 0:
-            callbacks.append(EarlyStopping("val_loss", patience=cfg.optim.patience, mode="min"))
+            early = EarlyStopping("val_loss", patience=cfg.optim.patience, mode="min")
+        resume = None
+        if resume_ckpt is not None:
+            resume = resume_ckpt["resume"]
+            model.load_state_dict(resume_ckpt["state_dict"])
+            tracker.restore(resume["best"])
+            if early is not None and resume.get("early_stopping") is not None:
+                early.load_state_dict(resume["early_stopping"])
+            log.info("%s: resuming from %s after epoch %d", cfg.name, out / LAST_CKPT, resume["epoch"])
+        callbacks = [tracker, _resume_callback_class()(write_last, gen, early, tracker, resume)]
+        if early is not None:
+            callbacks.append(early)
         show_bar = cfg.trainer.progress and os.environ.get("MATXFER_PROGRESS", "1") != "0"
         if show_bar:
             callbacks.append(TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 10)))
@@ -611,8 +850,11 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             # the budget is for training: data preparation and frozen-feature caching before
             # it are reported beside it (provenance.budget.prepare_s), not counted
             prep_s = time.time() - t0
-            plan = plan_budget(model, tasks, train_loader, val_loader, cfg.optim.budget_min)
-            plan["prepare_s"] = round(prep_s, 2)
+            plan = ((resume_ckpt or {}).get("provenance") or {}).get("budget")
+            if plan is None:  # a resumed run keeps the schedule it was planned with
+                plan = plan_budget(model, tasks, train_loader, val_loader, cfg.optim.budget_min)
+                plan["prepare_s"] = round(prep_s, 2)
+            plan = {k: v for k, v in plan.items() if k != "budget_min"}
             cfg.optim.epochs = plan["epochs"]
             cfg.optim.max_time_min = cfg.optim.budget_min
             lit.optim_cfg = cfg.optim
@@ -642,8 +884,20 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
             # plain no_grad for validation: conservative forces (-dE/dpos) need autograd there
             inference_mode=False,
         )
+        earlier_csv = None
+        if resume is not None:
+            _start_at_epoch(trainer, int(resume["epoch"]), int(resume.get("global_step", 0)))
+            csv_path = out / "logs" / "metrics.csv"
+            earlier_csv = csv_path.read_text() if csv_path.is_file() else None
+            import warnings
+
+            # the earlier rows are put back after the fit (_merge_csv_logs)
+            warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
         try:
-            trainer.fit(lit, train_loader, val_loader)
+            if resume is None or not resume.get("finished"):
+                trainer.fit(lit, train_loader, val_loader)
+            if resume is not None and trainer.is_global_zero:
+                _merge_csv_logs(out / "logs" / "metrics.csv", earlier_csv, int(resume["epoch"]))
         finally:
             if cached:
                 from matxfer.train.feature_cache import detach_outputs
@@ -671,7 +925,7 @@ def fit(cfg: RunConfig, command: str = "train") -> FitResult:
                     _write_predictions(out / "test_predictions.json", pairs)
         wall = time.time() - t0
         metrics["best_epoch"] = tracker.best_epoch
-        metrics["epochs_run"] = trainer.current_epoch
+        metrics["epochs_run"] = max(trainer.current_epoch, int(resume["epoch"]) if resume else 0)
         metrics["wall_time_s"] = wall
         n_train = trainable_parameters(model)
         metrics["trainable_params"] = n_train
