@@ -32,6 +32,13 @@ def _add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="target name (default: from the file name)")
     p.add_argument("--units", default=None, help="target units (default: from the file name)")
     p.add_argument(
+        "--trust-file",
+        action="store_true",
+        help="load FILE with Python's full unpickler (torch.load weights_only=False). RISK: a "
+        "crafted .pth.tar runs arbitrary code on this machine while it is read; use only for "
+        "a file from a source you trust, when the default safe loader refuses it",
+    )
+    p.add_argument(
         "--check",
         default=None,
         metavar="DIR",
@@ -49,7 +56,9 @@ def _run_import(args: argparse.Namespace) -> int:
         atom_init = Path(args.file).expanduser().parent / "atom_init.json"
         if not atom_init.is_file():
             raise ValueError(f"--atom-init not given and no atom_init.json beside {args.file}")
-    out = import_cgcnn(args.file, atom_init, args.out, target=args.target, units=args.units)
+    out = import_cgcnn(
+        args.file, atom_init, args.out, target=args.target, units=args.units, trust=args.trust_file
+    )
     summary = {"checkpoint": str(out)}
     if args.check:
         summary["check"] = compare_with_reference(out, args.check, Path(args.file).name)
