@@ -26,7 +26,9 @@ def register_command(
 
 
 def _print_json(obj, out: str | None = None) -> None:
-    text = json.dumps(obj, indent=1, default=float)
+    from matxfer.jsonout import dumps
+
+    text = dumps(obj, indent=1)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")

@@ -9,16 +9,7 @@ import pathlib
 import pytest
 import torch
 
-from matxfer.checkpoint import (
-    CheckpointError,
-    build_checkpoint,
-    load_checkpoint,
-    read_torch_file,
-    save_checkpoint,
-)
-from matxfer.data.graphs import GraphSettings
-from matxfer.models.registry import build_model
-from matxfer.tasks import SCALAR, Task
+from matxfer.checkpoint import CheckpointError, load_checkpoint, read_torch_file
 
 
 class _Touch:
@@ -32,14 +23,8 @@ class _Touch:
 
 
 @pytest.fixture(scope="module")
-def good_ckpt(tmp_path_factory) -> pathlib.Path:
-    tasks = {"band_gap": Task("band_gap", SCALAR, None, "eV")}
-    model = build_model(
-        {"backbone": {"name": "cgcnn", "width": 8, "n_conv": 1}, "heads": {"band_gap": {"name": "scalar"}}},
-        tasks,
-    )
-    ck = build_checkpoint(model, tasks, GraphSettings().to_dict(), None, split=None)
-    return save_checkpoint(ck, tmp_path_factory.mktemp("ck") / "model.ckpt")
+def good_ckpt(tiny_checkpoint) -> pathlib.Path:
+    return tiny_checkpoint
 
 
 def _cli_error(path, capsys) -> str:

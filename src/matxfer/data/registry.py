@@ -787,7 +787,7 @@ def missing_message(spec: DatasetSpec, root: Path) -> str:
 
 
 #: bump when a parser changes what it produces (invalidates the parsed-record cache)
-PARSER_VERSION = 2
+PARSER_VERSION = 3  # 3: overlapping atoms are invalid entries
 _MEMO: dict[tuple, LoadedDataset] = {}
 
 

@@ -340,7 +340,7 @@ def cgcnn_compat_graph(structure, settings, material_id: str = "", featurizer=No
     Raises:
         ValueError: ``settings.max_neighbors`` is None, or featurizer problems.
     """
-    from matxfer.data.graphs import CrystalGraph, resolve_featurizer
+    from matxfer.data.graphs import CrystalGraph, check_min_distance, resolve_featurizer
 
     if settings.max_neighbors is None:
         raise ValueError("CGCNN compatibility graphs need max_neighbors (12 in the original)")
@@ -349,6 +349,7 @@ def cgcnn_compat_graph(structure, settings, material_id: str = "", featurizer=No
     z = np.asarray(structure.atomic_numbers, dtype=np.int64)
     feat = resolve_featurizer(settings, featurizer)
     nl, n_padded = cgcnn_neighbor_list(structure, settings.cutoff, settings.max_neighbors)
+    check_min_distance(structure, nl, material_id)
     dtype = torch.get_default_dtype()
     data = CrystalGraph(
         z=torch.from_numpy(z),
