@@ -189,11 +189,35 @@ class Predictor:
 
         names = names or [s.composition.reduced_formula for s in structures]
         graphs = [self.graph(s, n) for s, n in zip(structures, names)]
+        isolated = [self.isolated(s, n) for s, n in zip(structures, names)]
         raw = predict_graphs(self.model, graphs, batch_size)
         return [
-            {"name": n, "formula": s.composition.reduced_formula, **self.describe(r)}
-            for n, s, r in zip(names, structures, raw)
+            {
+                "name": n,
+                "formula": s.composition.reduced_formula,
+                "isolated_atoms": len(iso),
+                **self.describe(r),
+            }
+            for n, s, iso, r in zip(names, structures, isolated, raw)
         ]
+
+    def isolated(self, structure: Structure, name: str = "") -> list[int]:
+        """Atoms with no neighbour within the graph cutoff; logs a warning naming them."""
+        from matxfer.data.graphs import isolated_atoms
+
+        cutoff = float(self.settings.cutoff)
+        iso = isolated_atoms(structure, cutoff)
+        if iso:
+            sites = ", ".join(f"{i} ({structure[i].species_string})" for i in iso[:10])
+            more = f" and {len(iso) - 10} more" if len(iso) > 10 else ""
+            log.warning(
+                "%s: %d of %d atom(s) have no neighbour within the %.2f A cutoff (sites %s%s); "
+                "the model sees them only through neighbours beyond its cutoff, so the "
+                "prediction is an extrapolation (column isolated_atoms)",
+                name or structure.composition.reduced_formula, len(iso), len(structure),
+                cutoff, sites, more,
+            )
+        return iso
 
     def describe(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
         from matxfer.tensors import (

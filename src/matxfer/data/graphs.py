@@ -290,6 +290,17 @@ def _neighbor_list(searcher: _Searcher, cutoff, max_neighbors, fallback_k) -> Ne
     return NeighborList(src, dst, shift, dist, n_fallback)
 
 
+def isolated_atoms(structure: Structure, cutoff: float) -> list[int]:
+    """Indices of the atoms with no neighbour (periodic images included) within ``cutoff``.
+
+    Graphs give such atoms their nearest neighbours beyond the cutoff (k-NN fallback, or
+    the padding of CGCNN compatibility graphs), which a model trained on ordinary crystals
+    has never seen: their predictions deserve a warning.
+    """
+    dst = _Searcher(structure).search(cutoff)[0]
+    return np.flatnonzero(np.bincount(dst, minlength=len(structure)) == 0).tolist()
+
+
 class CrystalGraph(Data):
     """PyG ``Data`` for crystals; offsets line-graph indices by the number of edges when batched."""
 
