@@ -261,8 +261,43 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, add_args, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         add_args(p)
-        p.set_defaults(func=fn)
+        p.set_defaults(func=fn, _parser=p)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may come anywhere, after options too.
+
+    argparse fills a command's ``overrides`` positional only from the first run of
+    positionals, so ``matxfer train cfg.yaml --out runs/x optim.lr=1e-3`` would be refused.
+    Words left over that look like ``key=value`` are appended to ``overrides`` in order; any
+    other leftover (an unknown ``--flag`` or a stray word) is an error naming it.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    sub = getattr(args, "_parser", None) or parser
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    unknown = []
+    for word in extra:
+        if takes_overrides and not word.startswith("-") and "=" in word and not word.startswith("="):
+            args.overrides.append(word)
+        else:
+            unknown.append(word)
+    if unknown:
+        flags = [w for w in unknown if w.startswith("-")]
+        what = (
+            f"unknown option{'s' if len(flags) > 1 else ''} {' '.join(flags)}"
+            if flags
+            else f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+        )
+        hint = (
+            " (config overrides are written key=value without dashes, e.g. optim.lr=1e-3)"
+            if takes_overrides
+            else ""
+        )
+        sub.error(f"{what}{hint}; see {sub.prog} --help")
+    return args
 
 
 def _load_plugins() -> None:
@@ -281,7 +316,7 @@ def _load_plugins() -> None:
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
