@@ -42,10 +42,12 @@ def _print_json(obj, out: str | None = None) -> None:
 
 
 def _count_local(spec, root) -> int:
+    from matxfer.data.registry import count_entries
+
     root = spec.resolve_root(root, generate=False)
     if not spec.available(root):
         return 0
-    return sum(1 for _ in spec.parser(spec.paths(root)))
+    return count_entries(spec, root)
 
 
 def cmd_data_list(args) -> int:
@@ -313,6 +315,13 @@ def _load_plugins() -> None:
                 raise
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error; an OSError without a path-naming message gets one."""
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.args[-1]):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     parser = build_parser()
@@ -321,13 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from matxfer.data.records import RecordError
-    from matxfer.data.registry import DataMissingError
-
     try:
         return int(args.func(args) or 0)
-    except (DataMissingError, RecordError, ValueError, FileNotFoundError) as exc:
-        print(f"matxfer: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        # user errors: RecordError, CheckpointError, StudyLockedError (ValueError),
+        # DataMissingError (FileNotFoundError), unreadable or unwritable paths
+        print(f"matxfer: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -1,7 +1,8 @@
 """``matxfer import-cgcnn`` and ``matxfer import-chgnet``: third-party weights as matxfer checkpoints.
 
-Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet``
-backbone (its dependency is imported only when one is built).
+Imported by :mod:`matxfer.cli` as a plugin; it imports nothing heavy. The ``chgnet``
+backbone is registered by :mod:`matxfer.models.registry`, which imports
+:mod:`matxfer.pretrained` when models are first needed.
 """
 
 from __future__ import annotations
@@ -101,5 +102,3 @@ register_command(
     _add_import_arguments,
     _run_import,
 )
-
-import matxfer.pretrained  # noqa: F401  (registers the chgnet backbone)
