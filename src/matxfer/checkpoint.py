@@ -207,12 +207,11 @@ def read_torch_file(
             f"{kind} {path}: not a torch file (neither a torch zip archive nor a legacy torch "
             f"file; it starts with the bytes {head[:8]!r}); check that this is the right file"
         )
-    if is_zip:
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(
-                f"{kind} {path}: truncated or damaged (a torch zip archive of {size} bytes "
-                f"without its central directory); {rewrite}"
-            )
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{kind} {path}: truncated or damaged (a torch zip archive of {size} bytes "
+            f"without its central directory); {rewrite}"
+        )
     import torch
 
     try:

@@ -98,9 +98,9 @@ def _read_cif(path: Path) -> Structure:
     for w in caught:
         for line in str(w.message).splitlines():
             line = line.strip()
-            if line and not line.startswith(("Issues encountered", "No structure parsed")):
-                if line not in notes:
-                    notes.append(line)
+            skip = line.startswith(("Issues encountered", "No structure parsed"))
+            if line and not skip and line not in notes:
+                notes.append(line)
     overlap = _cif_overlapping_sites(path)
     occu = next((m for n in notes if (m := re.search(r"Occupancy ([0-9.]+) exceeded", n))), None)
     if overlap or occu:
@@ -145,7 +145,7 @@ def _cif_overlapping_sites(path: Path) -> str:
                     f"sites {i} {labels[i]} ({species[i]}) and {j} {labels[j]} ({species[j]}) "
                     f"are {d[i, j]:.3f} A apart"
                 )
-    except Exception:  # a diagnosis only; the caller reports what pymatgen said
+    except Exception:  # noqa: BLE001 - a diagnosis only; the caller reports what pymatgen said
         return ""
     return ""
 

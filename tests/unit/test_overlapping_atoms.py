@@ -109,5 +109,6 @@ def test_outputs_hold_no_nan(tmp_path):
     assert blob["predictions"][0]["t"] == {"cartesian": [[1.0, None]], "k_vrh": None}
     p = write_predictions(results, [], tmp_path / "p.csv")
     assert "nan" not in p.read_text().lower() and "inf" not in p.read_text().lower()
-    (row,) = list(csv.DictReader(open(p)))
+    with open(p, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
     assert row["x"] == "" and row["t.k_vrh"] == "" and json.loads(row["t.cartesian"]) == [[1.0, None]]

@@ -107,10 +107,9 @@ def test_stale_lock_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / LOCK_NAME).write_text(f"{dead.pid}\n")
-    with caplog.at_level(logging.WARNING, logger="matxfer"):
-        with StudyLock(tmp_path):
-            assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
-    assert any(f"stale lock" in r.getMessage() and f"pid {dead.pid}" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.WARNING, logger="matxfer"), StudyLock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert any("stale lock" in r.getMessage() and f"pid {dead.pid}" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / LOCK_NAME).exists()
 
 
@@ -121,7 +120,7 @@ def test_lock_is_exclusive(tmp_path):
             f"try:\n    StudyLock({str(tmp_path)!r}).acquire()\nexcept StudyLockedError as e:\n"
             "    print(e); sys.exit(3)\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert proc.returncode == 3, proc.stderr
         assert f"pid {os.getpid()}" in proc.stdout
     with pytest.raises(StudyLockedError):
