@@ -71,3 +71,20 @@ def skewed():
     rng = np.random.default_rng(7)
     lat = Lattice.from_parameters(4.1, 5.3, 6.2, 71, 97, 112)
     return Structure(lat, ["Li", "Fe", "O", "O"], rng.random((4, 3)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A small untrained CGCNN checkpoint (one scalar task, band_gap in eV)."""
+    from matxfer.checkpoint import build_checkpoint, save_checkpoint
+    from matxfer.data.graphs import GraphSettings
+    from matxfer.models.registry import build_model
+    from matxfer.tasks import SCALAR, Task
+
+    tasks = {"band_gap": Task("band_gap", SCALAR, None, "eV")}
+    model = build_model(
+        {"backbone": {"name": "cgcnn", "width": 8, "n_conv": 1}, "heads": {"band_gap": {"name": "scalar"}}},
+        tasks,
+    )
+    ck = build_checkpoint(model, tasks, GraphSettings().to_dict(), None, split=None)
+    return save_checkpoint(ck, tmp_path_factory.mktemp("tiny") / "model.ckpt")

@@ -1,4 +1,4 @@
-"""``python -m matxfer``: the command-line interface."""
+"""``python -m matxfer``: the same as the ``matxfer`` command."""
 
 import sys
 

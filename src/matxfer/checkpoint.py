@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -128,11 +129,135 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return path
 
 
-def migrate(ckpt: dict) -> dict:
-    """Bring an older checkpoint dict up to :data:`FORMAT_VERSION`."""
+class CheckpointError(ValueError):
+    """A file that cannot be used as a checkpoint; the message names the file, what is wrong
+    and what to do."""
+
+
+#: keys every matxfer checkpoint has (after :func:`migrate`)
+REQUIRED_KEYS = ("format_version", "model_config", "graph", "tasks", "state_dict")
+
+#: the first bytes of a zip archive (``torch.save``'s format since torch 1.6)
+_ZIP_MAGIC = b"PK\x03\x04"
+#: the first bytes of a legacy (pre-zip) torch file: pickle protocol 2, then torch's magic
+#: number 0x1950a86a20f9469cfc6c as a 10-byte long
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _refused_object(message: str) -> str:
+    """What the weights-only unpickler refused, from its message (never torch's advice)."""
+    import re
+
+    m = re.search(r"GLOBAL (\S+) was not an allowed global", message) or re.search(
+        r"unsupported GLOBAL (\S+)", message
+    )
+    if m:
+        return m.group(1)
+    m = re.search(r"but got <class '([^']+)'>", message)
+    if m:
+        return m.group(1)
+    m = re.search(r"WeightsUnpickler error: *(.+)", message)
+    if m and m.group(1).strip():
+        return m.group(1).strip().splitlines()[0][:120]
+    return "an object that is not plain data"
+
+
+def read_torch_file(
+    path: str | Path,
+    kind: str = "checkpoint",
+    allowed_globals: tuple | list = (),
+    trust: bool = False,
+    remedy: str = "",
+) -> Any:
+    """Read a file written by ``torch.save`` without running code from it.
+
+    The file is read with ``torch.load(weights_only=True)`` (tensors and plain data only),
+    plus the globals in ``allowed_globals`` (items as for
+    ``torch.serialization.safe_globals``). ``trust=True`` uses the full unpickler, which runs
+    whatever code the file's pickle names: only for files from a trusted source.
+
+    Args:
+        path: the file.
+        kind: what the file should be, for messages (``"checkpoint"``).
+        allowed_globals: extra globals the weights-only unpickler may build.
+        trust: load with ``weights_only=False``.
+        remedy: appended to the message of a file that holds a refused object.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a directory, an empty, damaged or truncated file, a file that is not
+            a torch file, or a pickle holding objects other than tensors and plain data.
+    """
+    import pickle
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{kind} {path}: file not found")
+    if path.is_dir():
+        raise CheckpointError(
+            f"{kind} {path}: is a directory, not a file; give the checkpoint file inside it "
+            "(e.g. <run dir>/model.ckpt)"
+        )
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(len(_LEGACY_MAGIC))
+    except OSError as exc:
+        raise CheckpointError(f"{kind} {path}: cannot be read ({exc.strerror or exc})") from None
+    rewrite = "the file was not written completely; write it again"
+    if size == 0:
+        raise CheckpointError(f"{kind} {path}: the file is empty (0 bytes); {rewrite}")
+    is_zip = head.startswith(_ZIP_MAGIC)
+    is_legacy = head == _LEGACY_MAGIC
+    if not (is_zip or is_legacy):
+        raise CheckpointError(
+            f"{kind} {path}: not a torch file (neither a torch zip archive nor a legacy torch "
+            f"file; it starts with the bytes {head[:8]!r}); check that this is the right file"
+        )
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{kind} {path}: truncated or damaged (a torch zip archive of {size} bytes "
+            f"without its central directory); {rewrite}"
+        )
+    import torch
+
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = _refused_object(str(exc))
+        raise CheckpointError(
+            f"{kind} {path}: refused: its pickle would call or build {what}, which is not a "
+            "tensor or plain data (unpickling such objects can run code from the file)"
+            + (f"; {remedy}" if remedy else "")
+        ) from None
+    except (EOFError, IndexError, RuntimeError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        text = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise CheckpointError(
+            f"{kind} {path}: truncated or damaged, torch cannot read it ({type(exc).__name__}"
+            + (f": {text}" if text else "")
+            + f"); {rewrite}"
+        ) from None
+
+
+def migrate(ckpt: dict, path: str | Path = "checkpoint") -> dict:
+    """Bring an older checkpoint dict up to :data:`FORMAT_VERSION`.
+
+    Raises:
+        CheckpointError: no ``format_version``, or one this matxfer cannot read.
+    """
     version = ckpt.get("format_version")
     if version is None:
-        raise ValueError("not a matxfer checkpoint (no format_version)")
+        missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+        todo = "give a file written by matxfer train, finetune or import-cgcnn"
+        if "state_dict" in ckpt and "args" in ckpt:
+            todo = "an original CGCNN file? convert it first with matxfer import-cgcnn"
+        raise CheckpointError(
+            f"checkpoint {path}: not a matxfer checkpoint: missing keys {missing} (it has "
+            f"{sorted(map(str, ckpt))[:8]}); {todo}"
+        )
     if version == 0:
         # version 0 stored the graph settings under data_config.graph
         ckpt = dict(ckpt)
@@ -144,9 +269,12 @@ def migrate(ckpt: dict) -> dict:
         ckpt["format_version"] = 1
         version = 1
     if version != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint format_version {version} is newer than this matxfer "
-            f"({FORMAT_VERSION}); upgrade matxfer"
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise CheckpointError(
+            f"checkpoint {path}: format version {version!r} unsupported (this matxfer reads "
+            f"versions 0 to {FORMAT_VERSION}); "
+            + ("it was written by a newer matxfer: upgrade matxfer" if newer else
+               "the file was not written by matxfer or is damaged")
         )
     graph = ckpt.get("graph") or {}
     if (ckpt.get("provenance") or {}).get("cgcnn_compat") and "cgcnn_compat" not in graph:
@@ -156,17 +284,33 @@ def migrate(ckpt: dict) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint (``weights_only=True``) and migrate it to the current format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable matxfer checkpoint: {exc}") from exc
+    """Read a checkpoint (``weights_only=True``) and migrate it to the current format.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is a directory, empty, truncated, not a torch file, holds
+            pickled objects other than plain data, is not a matxfer checkpoint (missing
+            keys) or has a format version this matxfer cannot read.
+    """
+    path = Path(path).expanduser()
+    ckpt = read_torch_file(
+        path,
+        "checkpoint",
+        remedy="matxfer checkpoints hold only tensors and plain data, so this file was not "
+        "written by matxfer; do not load it",
+    )
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a matxfer checkpoint")
-    ckpt = migrate(ckpt)
+        raise CheckpointError(
+            f"checkpoint {path}: not a matxfer checkpoint: it holds a {type(ckpt).__name__}, "
+            "not a dict; give a file written by matxfer train, finetune or import-cgcnn"
+        )
+    ckpt = migrate(ckpt, path)
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path}: not a matxfer checkpoint: missing keys {missing}; give a file "
+            "written by matxfer train, finetune or import-cgcnn"
+        )
     ours = package_versions()
     for pkg in ("torch", "e3nn"):
         theirs = ckpt.get("versions", {}).get(pkg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -26,7 +25,9 @@ def register_command(
 
 
 def _print_json(obj, out: str | None = None) -> None:
-    text = json.dumps(obj, indent=1, default=float)
+    from matxfer.jsonout import dumps
+
+    text = dumps(obj, indent=1)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
@@ -40,10 +41,12 @@ def _print_json(obj, out: str | None = None) -> None:
 
 
 def _count_local(spec, root) -> int:
+    from matxfer.data.registry import count_entries
+
     root = spec.resolve_root(root, generate=False)
     if not spec.available(root):
         return 0
-    return sum(1 for _ in spec.parser(spec.paths(root)))
+    return count_entries(spec, root)
 
 
 def cmd_data_list(args) -> int:
@@ -259,8 +262,43 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, add_args, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         add_args(p)
-        p.set_defaults(func=fn)
+        p.set_defaults(func=fn, _parser=p)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may come anywhere, after options too.
+
+    argparse fills a command's ``overrides`` positional only from the first run of
+    positionals, so ``matxfer train cfg.yaml --out runs/x optim.lr=1e-3`` would be refused.
+    Words left over that look like ``key=value`` are appended to ``overrides`` in order; any
+    other leftover (an unknown ``--flag`` or a stray word) is an error naming it.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    sub = getattr(args, "_parser", None) or parser
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    unknown = []
+    for word in extra:
+        if takes_overrides and not word.startswith("-") and "=" in word and not word.startswith("="):
+            args.overrides.append(word)
+        else:
+            unknown.append(word)
+    if unknown:
+        flags = [w for w in unknown if w.startswith("-")]
+        what = (
+            f"unknown option{'s' if len(flags) > 1 else ''} {' '.join(flags)}"
+            if flags
+            else f"unexpected argument{'s' if len(unknown) > 1 else ''} {' '.join(unknown)}"
+        )
+        hint = (
+            " (config overrides are written key=value without dashes, e.g. optim.lr=1e-3)"
+            if takes_overrides
+            else ""
+        )
+        sub.error(f"{what}{hint}; see {sub.prog} --help")
+    return args
 
 
 def _load_plugins() -> None:
@@ -276,21 +314,27 @@ def _load_plugins() -> None:
                 raise
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error; an OSError without a path-naming message gets one."""
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc.args[-1]):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_plugins()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from matxfer.data.records import RecordError
-    from matxfer.data.registry import DataMissingError
-
     try:
         return int(args.func(args) or 0)
-    except (DataMissingError, RecordError, ValueError, FileNotFoundError) as exc:
-        print(f"matxfer: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        # user errors: RecordError, CheckpointError, StudyLockedError (ValueError),
+        # DataMissingError (FileNotFoundError), unreadable or unwritable paths
+        print(f"matxfer: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,88 @@ def read_structures(path: Path) -> list[tuple[str, Structure]]:
     if name.endswith(".json"):
         blob = json.loads(path.read_text())
         return [(path.stem, Structure.from_dict(blob))]
+    if name.endswith((".cif", ".cif.gz")):
+        return [(path.stem, _read_cif(path))]
     return [(path.stem, Structure.from_file(str(path)))]
+
+
+def _read_cif(path: Path) -> Structure:
+    """``Structure.from_file`` of a CIF; when pymatgen builds no structure, say why.
+
+    pymatgen's CIF reader merges atoms at the same position (within 1e-4 in fractional
+    coordinates) into one site and adds up their occupancies; two full atoms there make an
+    occupancy of 2, over the tolerance, and the structure is dropped with the bare message
+    "Invalid CIF file with no structures". The reasons it gave as warnings are reported
+    instead, with the overlapping sites of the file's atom list.
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            structure = Structure.from_file(str(path))
+        except ValueError as exc:
+            if "no structures" not in str(exc):
+                raise
+            structure = None
+    if structure is not None:
+        for w in caught:  # not ours to swallow
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return structure
+    notes = []
+    for w in caught:
+        for line in str(w.message).splitlines():
+            line = line.strip()
+            skip = line.startswith(("Issues encountered", "No structure parsed"))
+            if line and not skip and line not in notes:
+                notes.append(line)
+    overlap = _cif_overlapping_sites(path)
+    occu = next((m for n in notes if (m := re.search(r"Occupancy ([0-9.]+) exceeded", n))), None)
+    if overlap or occu:
+        merged = f"merged them into one site of occupancy {occu.group(1)} (> 1)" if occu else (
+            "merged them into one site")
+        raise RecordError(
+            str(path),
+            f"overlapping atoms: {overlap or 'atoms at the same position'}; pymatgen's CIF "
+            f"reader {merged} and built no structure; check the atom coordinates",
+        )
+    raise RecordError(
+        str(path), "pymatgen built no structure from this CIF" + (f": {'; '.join(notes)}" if notes else "")
+    )
+
+
+def _cif_overlapping_sites(path: Path) -> str:
+    """'sites Cl1 and Cl2 (Cl, Cl) are 0.000 A apart' for the closest pair of the CIF's
+    listed atom sites nearer than the minimum distance (periodic images included), or ''."""
+    from pymatgen.core import Lattice
+    from pymatgen.io.cif import CifParser
+
+    from matxfer.data.records import MIN_INTERATOMIC_DISTANCE
+
+    try:
+        blocks = CifParser(str(path)).as_dict()
+        for block in blocks.values():
+            cell = [float(str(block[f"_cell_{k}"]).split("(")[0]) for k in (
+                "length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")]
+            lat = Lattice.from_parameters(*cell)
+            frac = np.array([
+                [float(str(v).split("(")[0]) for v in block[f"_atom_site_fract_{ax}"]]
+                for ax in "xyz"
+            ]).T
+            labels = list(block.get("_atom_site_label") or range(len(frac)))
+            species = list(block.get("_atom_site_type_symbol") or labels)
+            d = lat.get_all_distances(frac, frac)
+            np.fill_diagonal(d, np.inf)
+            i, j = np.unravel_index(np.argmin(d), d.shape)
+            if d[i, j] < MIN_INTERATOMIC_DISTANCE:
+                i, j = sorted((int(i), int(j)))
+                return (
+                    f"sites {i} {labels[i]} ({species[i]}) and {j} {labels[j]} ({species[j]}) "
+                    f"are {d[i, j]:.3f} A apart"
+                )
+    except Exception:  # noqa: BLE001 - a diagnosis only; the caller reports what pymatgen said
+        return ""
+    return ""
 
 
 @dataclass
@@ -110,6 +192,7 @@ class Predictor:
 
         names = names or [s.composition.reduced_formula for s in structures]
         graphs = [self.graph(s, n) for s, n in zip(structures, names)]
+        isolated = [self.isolated(s, n) for s, n in zip(structures, names)]
         raw = predict_graphs(self.model, graphs, batch_size)
         tensor_formulas = {k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR}
         symmetry: list[dict[str, Any]] = [{} for _ in graphs]
@@ -122,9 +205,33 @@ class Predictor:
                 for pg in groups
             ]
         return [
-            {"name": n, "formula": s.composition.reduced_formula, **sym, **self.describe(r)}
-            for n, s, r, sym in zip(names, structures, raw, symmetry)
+            {
+                "name": n,
+                "formula": s.composition.reduced_formula,
+                "isolated_atoms": len(iso),
+                **sym,
+                **self.describe(r),
+            }
+            for n, s, iso, r, sym in zip(names, structures, isolated, raw, symmetry)
         ]
+
+    def isolated(self, structure: Structure, name: str = "") -> list[int]:
+        """Atoms with no neighbour within the graph cutoff; logs a warning naming them."""
+        from matxfer.data.graphs import isolated_atoms
+
+        cutoff = float(self.settings.cutoff)
+        iso = isolated_atoms(structure, cutoff)
+        if iso:
+            sites = ", ".join(f"{i} ({structure[i].species_string})" for i in iso[:10])
+            more = f" and {len(iso) - 10} more" if len(iso) > 10 else ""
+            log.warning(
+                "%s: %d of %d atom(s) have no neighbour within the %.2f A cutoff (sites %s%s); "
+                "the model sees them only through neighbours beyond its cutoff, so the "
+                "prediction is an extrapolation (column isolated_atoms)",
+                name or structure.composition.reduced_formula, len(iso), len(structure),
+                cutoff, sites, more,
+            )
+        return iso
 
     def describe(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
         from matxfer.tensors import (
@@ -202,17 +309,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(v, dict):
             out.update(_flatten(v, key + "."))
         elif isinstance(v, list):
-            out[key] = json.dumps(v)
+            out[key] = json.dumps(v, allow_nan=False)
         else:
             out[key] = v
     return out
 
 
 def write_predictions(results: list[dict], errors: list[dict], path: str | Path) -> Path:
+    """Write predictions as strict JSON (NaN/inf become null) or CSV (empty cells)."""
+    from matxfer.jsonout import dumps, json_safe
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    results = json_safe(results)
     if path.suffix == ".json":
-        path.write_text(json.dumps({"predictions": results, "errors": errors}, indent=1))
+        path.write_text(dumps({"predictions": results, "errors": errors}, indent=1))
     elif path.suffix == ".csv":
         rows = [_flatten(r) for r in results]
         cols: list[str] = []
@@ -223,7 +334,7 @@ def write_predictions(results: list[dict], errors: list[dict], path: str | Path)
             w.writeheader()
             w.writerows(rows)
         if errors:
-            path.with_suffix(".errors.json").write_text(json.dumps(errors, indent=1))
+            path.with_suffix(".errors.json").write_text(dumps(errors, indent=1))
     else:
         raise ValueError(f"--out must end in .json or .csv, got {path.name}")
     return path

@@ -144,7 +144,8 @@ def test_matxfer_predict_files(imported, reference_dir, model):
     ref = _reference(reference_dir, model)
     results, errors = predict_files(imported[model], [reference_dir / "cifs"])
     assert not errors
-    (task,) = {k for r in results for k in r} - {"name", "formula"}
+    (task,) = {k for r in results for k in r} - {"name", "formula", "isolated_atoms"}
+    assert all(r["isolated_atoms"] == 0 for r in results)
     devs = {Path(r["name"]).stem: abs(r[task] - ref[Path(r["name"]).stem]) for r in results}
     assert len(devs) == 50
     if compat_supported():
@@ -228,7 +229,7 @@ def test_classifier_is_refused(cgcnn_dir, tmp_path):
     path = cgcnn_dir / "semi-metal-classification.pth.tar"
     if not path.is_file():
         pytest.skip("no semi-metal classifier here")
-    orig = read_original_checkpoint(path)  # needs the full unpickler (numpy float inside)
+    orig = read_original_checkpoint(path)  # a numpy float inside, on the allow-list
     assert orig.task == "classification"
     with pytest.raises(ValueError, match="classification"):
         import_cgcnn(path, cgcnn_dir / "atom_init.json", tmp_path / "x.ckpt")
@@ -332,3 +333,81 @@ def test_study_config_loads():
         for k in (1, 2, 3):
             assert (name, f"freeze:{k}") in kinds
     assert study.targets[0].data["targets"] == ["band_gap"]
+
+
+class _RunsShell:
+    """Unpickling this object runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Touches:
+    """Unpickling this object creates ``marker`` through ``pathlib.Path.touch``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("payload", [_RunsShell, _Touches])
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_crafted_file_is_refused(cgcnn_dir, tmp_path, capsys, payload, legacy_format):
+    """A .pth.tar whose pickle runs code is refused without running it; --trust-file loads it."""
+    from matxfer.checkpoint import CheckpointError
+    from matxfer.cli import main
+
+    marker = tmp_path / "code-ran"
+    blob = torch.load(cgcnn_dir / "band-gap.pth.tar", map_location="cpu", weights_only=True)
+    blob["args"]["note"] = payload(marker)
+    evil = tmp_path / "band-gap.pth.tar"
+    torch.save(blob, evil, _use_new_zipfile_serialization=not legacy_format)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=r"band-gap\.pth\.tar: refused: .*--trust-file") as exc:
+        import_cgcnn(evil, cgcnn_dir / "atom_init.json", tmp_path / "x.ckpt")
+    assert "weights_only" not in str(exc.value)
+    assert not marker.exists()
+    rc = main(["import-cgcnn", str(evil), "--atom-init", str(cgcnn_dir / "atom_init.json"),
+               "--out", str(tmp_path / "y.ckpt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "refused" in err[0] and "weights_only" not in err[0]
+    assert not marker.exists() and not (tmp_path / "y.ckpt").exists()
+    # the explicit opt-in does what it says: it runs the file's code
+    rc = main(["import-cgcnn", str(evil), "--atom-init", str(cgcnn_dir / "atom_init.json"),
+               "--out", str(tmp_path / "z.ckpt"), "--trust-file"])
+    assert marker.exists() and rc == 0
+
+
+def test_released_files_read_without_full_unpickler(cgcnn_dir, monkeypatch):
+    """Every released file (the semi-metal classifier's numpy scalar included) reads with
+    weights_only=True and the importer's allow-list."""
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    files = sorted(cgcnn_dir.glob("*.pth.tar"))
+    assert files
+    for path in files:
+        orig = read_original_checkpoint(path)
+        assert orig.state_dict["embedding.weight"].ndim == 2
+    assert calls and all(c is True for c in calls)
+
+
+def test_trust_flag_help_states_the_risk(capsys):
+    from matxfer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["import-cgcnn", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--trust-file" in text and "arbitrary code" in text

@@ -393,6 +393,17 @@ def cgcnn_neighbor_list(
     return nl, n_padded
 
 
+def isolated_atoms(structure: Structure, cutoff: float) -> list[int]:
+    """Indices of the atoms with no neighbour (periodic images included) within ``cutoff``.
+
+    Graphs give such atoms their nearest neighbours beyond the cutoff (k-NN fallback, or
+    the padding of CGCNN compatibility graphs), which a model trained on ordinary crystals
+    has never seen: their predictions deserve a warning.
+    """
+    dst = _Searcher(structure).search(cutoff)[0]
+    return np.flatnonzero(np.bincount(dst, minlength=len(structure)) == 0).tolist()
+
+
 class CrystalGraph(Data):
     """PyG ``Data`` for crystals; offsets line-graph indices by the number of edges when batched."""
 
@@ -503,6 +514,20 @@ def _atomic_numbers(structure: Structure) -> np.ndarray:
         return np.asarray(structure.atomic_numbers, dtype=np.int64)
 
 
+def check_min_distance(structure: Structure, nl: NeighborList, material_id: str = "") -> None:
+    """Raise :class:`~matxfer.data.records.RecordError` when an edge of ``nl`` is shorter than
+    :data:`~matxfer.data.records.MIN_INTERATOMIC_DISTANCE` (overlapping atoms would give NaN)."""
+    from matxfer.data.records import MIN_INTERATOMIC_DISTANCE, RecordError, overlap_reason
+
+    if len(nl.dist) == 0:
+        return
+    k = int(np.argmin(nl.dist))
+    if nl.dist[k] < MIN_INTERATOMIC_DISTANCE:
+        i, j = sorted((int(nl.src[k]), int(nl.dst[k])))
+        entry = material_id or structure.composition.reduced_formula
+        raise RecordError(entry, overlap_reason(structure, (i, j, float(nl.dist[k]))))
+
+
 def structure_to_graph(
     structure: Structure,
     settings: GraphSettings,
@@ -528,6 +553,8 @@ def structure_to_graph(
 
     Raises:
         ValueError: featurizer missing or mismatched, or an element missing from its table.
+        RecordError: overlapping atoms (closer than
+            :data:`~matxfer.data.records.MIN_INTERATOMIC_DISTANCE`, periodic images included).
     """
     z = _atomic_numbers(structure)
     x = None
@@ -555,6 +582,7 @@ def structure_to_graph(
             searcher, settings.cutoff, settings.max_neighbors, settings.fallback_k,
             settings.keep_shell,
         )
+    check_min_distance(structure, nl, material_id)
     dtype = torch.get_default_dtype()
     # convert in numpy, then wrap: much cheaper than torch-side casts for tiny arrays
     np_dtype = _NP_FLOAT.get(dtype)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pymatgen.core import Structure
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 from matxfer import keys as K
 
@@ -86,6 +88,11 @@ def symmetrize_indices(arr: np.ndarray, formula: str) -> np.ndarray:
         a = 0.5 * (a + a.transpose(1, 0, 2, 3))
         return 0.5 * (a + a.transpose(0, 1, 3, 2))
     return arr
+
+
+#: atoms closer than this (Angstrom, periodic images included) are overlapping: no real
+#: crystal has them (the shortest bond, H2, is 0.74 A) and models turn them into NaN
+MIN_INTERATOMIC_DISTANCE = 0.5
 
 
 class RecordError(ValueError):
@@ -213,8 +220,56 @@ class CrystalRecord:
         return self.structure.composition.reduced_formula
 
 
+def closest_pair(structure: Structure, below: float = MIN_INTERATOMIC_DISTANCE):
+    """The closest pair of atoms nearer than ``below`` Angstrom, or None.
+
+    Periodic images count: an atom may be close to an image of another atom or to its own
+    image (a lattice vector shorter than ``below``).
+
+    Returns:
+        ``(i, j, distance)`` with ``i <= j`` (``i == j``: an atom and its own image).
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres
+
+    cart = np.ascontiguousarray(structure.cart_coords, dtype=float)
+    c, p, im, d = find_points_in_spheres(
+        cart,
+        cart,
+        r=float(below),
+        pbc=np.ascontiguousarray(structure.lattice.pbc, dtype=np.int64),
+        lattice=np.ascontiguousarray(structure.lattice.matrix, dtype=float),
+        tol=1e-8,
+    )
+    c, p, im, d = np.asarray(c), np.asarray(p), np.asarray(im), np.asarray(d, dtype=float)
+    self_pair = (c == p) & np.all(np.rint(im) == 0, axis=-1) if len(c) else c == p
+    keep = ~self_pair & (d < below)
+    if not keep.any():
+        return None
+    k = int(np.argmin(np.where(keep, d, np.inf)))
+    i, j = sorted((int(c[k]), int(p[k])))
+    return i, j, float(d[k])
+
+
+def overlap_reason(structure: Structure, pair: tuple[int, int, float]) -> str:
+    """The message for overlapping atoms ``pair`` (from :func:`closest_pair`)."""
+    i, j, d = pair
+
+    def site(k: int) -> str:
+        return f"{k} ({structure[k].species_string})"
+
+    if i == j:
+        what = f"atom {site(i)} is {d:.3f} A from its own periodic image"
+    else:
+        what = f"atoms {site(i)} and {site(j)} are {d:.3f} A apart"
+    return (
+        f"overlapping atoms: {what} (periodic images included), closer than the "
+        f"{MIN_INTERATOMIC_DISTANCE} A minimum; check the coordinates and lattice"
+    )
+
+
 def check_structure(entry: str, structure: Structure) -> Structure:
-    """Raise :class:`RecordError` for an empty, disordered or degenerate structure."""
+    """Raise :class:`RecordError` for an empty, disordered, degenerate or overlapping
+    structure (two atoms closer than :data:`MIN_INTERATOMIC_DISTANCE`)."""
     if structure is None or len(structure) == 0:
         raise RecordError(entry, "empty structure (no sites)")
     if not structure.is_ordered:
@@ -224,6 +279,9 @@ def check_structure(entry: str, structure: Structure) -> Structure:
         raise RecordError(entry, f"degenerate lattice (volume {vol:g} A^3)")
     if not np.all(np.isfinite(structure.cart_coords)):
         raise RecordError(entry, "non-finite atomic coordinates")
+    pair = closest_pair(structure)
+    if pair is not None:
+        raise RecordError(entry, overlap_reason(structure, pair))
     return structure
 
 

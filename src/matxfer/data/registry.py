@@ -19,19 +19,29 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pymatgen.core import Structure
 
 from matxfer import keys as K
 from matxfer.data.records import TARGET_UNITS, CrystalRecord, LabelRule, RecordError, make_record
 from matxfer.paths import data_dir as default_data_dir
 
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
 log = logging.getLogger(__name__)
 
+
+def _structure_cls():
+    """pymatgen's ``Structure`` (imported on first use: ``matxfer data list`` never needs it)."""
+    from pymatgen.core import Structure
+
+    return Structure
+
+
 #: what a parser yields per entry: id, a thunk building (structure, labels, meta)
-RawEntry = tuple[str, Callable[[], tuple[Structure, dict[str, Any], dict[str, Any]]]]
+RawEntry = tuple[str, Callable[[], "tuple[Structure, dict[str, Any], dict[str, Any]]"]]
 
 
 @dataclass(frozen=True)
@@ -300,7 +310,7 @@ def _parse_mp_elastic_2024(paths: list[Path]) -> Iterator[RawEntry]:
     for mp_id, doc in docs.items():
 
         def build(doc=doc, mp_id=mp_id):
-            structure = Structure.from_dict(doc["structure"])
+            structure = _structure_cls().from_dict(doc["structure"])
             labels: dict[str, Any] = {}
             et = doc.get("elastic_tensor") or {}
             frame = "structure (raw tensor)"
@@ -330,7 +340,7 @@ def _parse_dejong_elastic(paths: list[Path]) -> Iterator[RawEntry]:
         mp_id = str(row["material_id"])
 
         def build(row=row, mp_id=mp_id):
-            structure = to_ieee_frame(Structure.from_dict(_literal(row["structure"])))
+            structure = to_ieee_frame(_structure_cls().from_dict(_literal(row["structure"])))
             k = _float_or_none(row.get("K_VRH"))
             g = _float_or_none(row.get("G_VRH"))
             labels = {
@@ -352,7 +362,7 @@ def _parse_mp_binaries(paths: list[Path]) -> Iterator[RawEntry]:
         mp_id = str(doc["mp_id"])
 
         def build(doc=doc):
-            structure = Structure.from_dict(doc["structure"])
+            structure = _structure_cls().from_dict(doc["structure"])
             k = _float_or_none(doc.get("bulk_modulus_vrh"))
             g = _float_or_none(doc.get("shear_modulus_vrh"))
             labels = {
@@ -371,7 +381,7 @@ def _parse_petousis(paths: list[Path]) -> Iterator[RawEntry]:
         mp_id = str(row["material_id"])
 
         def build(row=row, mp_id=mp_id):
-            structure = Structure.from_dict(_literal(row["structure"]))
+            structure = _structure_cls().from_dict(_literal(row["structure"]))
             e_tot = _matrix3(mp_id, "e_total", row["e_total"])
             e_el = _matrix3(mp_id, "e_electronic", row["e_electronic"])
             labels = {
@@ -401,7 +411,7 @@ def _parse_dejong_piezo(paths: list[Path]) -> Iterator[RawEntry]:
             cif = row["structure"]
             if not isinstance(cif, str) or not cif.strip():
                 raise RecordError(mp_id, "no CIF in the 'structure' column")
-            structure = to_ieee_frame(Structure.from_str(cif, fmt="cif"))
+            structure = to_ieee_frame(_structure_cls().from_str(cif, fmt="cif"))
             labels = {
                 K.PIEZO_TENSOR: _voigt_piezo(mp_id, row["piezoelectric_tensor"]),
                 K.EIJ_MAX: _float_or_none(row.get("eij_max")),
@@ -542,7 +552,7 @@ def _parse_flla(paths: list[Path]) -> Iterator[RawEntry]:
         mp_id = str(row["material_id"])
 
         def build(row=row):
-            structure = Structure.from_dict(_literal(row["structure"]))
+            structure = _structure_cls().from_dict(_literal(row["structure"]))
             labels = {
                 K.FORMATION_ENERGY_PER_ATOM: _float_or_none(row.get("formation_energy_per_atom")),
                 "formation_energy": _float_or_none(row.get("formation_energy")),
@@ -561,7 +571,7 @@ def _parse_castelli(paths: list[Path]) -> Iterator[RawEntry]:
             entry = f"perov5-{int(row['material_id'])}"
 
             def build(row=row, split=split):
-                structure = Structure.from_str(row["cif"], fmt="cif")
+                structure = _structure_cls().from_str(row["cif"], fmt="cif")
                 labels = {
                     "formation_energy": _float_or_none(row.get("heat_ref")),
                     "band_gap_direct": _float_or_none(row.get("dir_gap")),
@@ -577,7 +587,7 @@ def _parse_matbench_phonons(paths: list[Path]) -> Iterator[RawEntry]:
         entry = f"mb-phonons-{int(row['_index']) + 1:04d}"
 
         def build(row=row):
-            structure = Structure.from_dict(_literal(row["structure"]))
+            structure = _structure_cls().from_dict(_literal(row["structure"]))
             return structure, {"last_phdos_peak": _float_or_none(row.get("last phdos peak"))}, {}
 
         yield entry, build
@@ -906,7 +916,7 @@ def missing_message(spec: DatasetSpec, root: Path) -> str:
 
 
 #: bump when a parser changes what it produces (invalidates the parsed-record cache)
-PARSER_VERSION = 3  # 3: one label-check path with per-dataset plausible ranges
+PARSER_VERSION = 4  # 4: one label-check path with per-dataset plausible ranges; overlapping atoms are invalid entries
 _MEMO: dict[tuple, LoadedDataset] = {}
 
 
@@ -920,6 +930,33 @@ def _records_cache_file(spec: DatasetSpec, root: Path) -> Path:
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return cache_dir() / "records" / f"{spec.name}-{h.hexdigest()[:16]}.pkl"
+
+
+def count_entries(spec: DatasetSpec, root: Path) -> int:
+    """Number of entries in a dataset's files (parsed ids, structures not built).
+
+    Counting means reading every file (for extended XYZ, through ASE: tens of seconds), so
+    the count is kept in matxfer's cache directory, keyed like the record cache (file sizes
+    and mtimes, :data:`PARSER_VERSION`).
+    """
+    key = _records_cache_file(spec, root).stem
+    store = _records_cache_file(spec, root).parent / "counts.json"
+    try:
+        counts = json.loads(store.read_text())
+    except (OSError, ValueError):
+        counts = {}
+    if isinstance(counts.get(key), int):
+        return counts[key]
+    n = sum(1 for _ in spec.parser(spec.paths(root)))
+    counts[key] = n
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counts, indent=1, sort_keys=True))
+        tmp.replace(store)
+    except OSError as exc:
+        log.warning("could not write entry counts %s: %s", store, exc)
+    return n
 
 
 def load_dataset(

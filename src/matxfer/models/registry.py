@@ -205,7 +205,7 @@ import matxfer.models.backbones  # noqa: E402,F401
 import matxfer.models.heads  # noqa: E402,F401
 
 #: packages outside matxfer.models whose import registers more classes
-PLUGIN_PACKAGES = ("matxfer.pretrained",)
+PLUGIN_PACKAGES = ("matxfer.pretrained.chgnet_backbone", "matxfer.pretrained.sevennet_backbone")
 for _pkg in PLUGIN_PACKAGES:
     try:
         importlib.import_module(_pkg)

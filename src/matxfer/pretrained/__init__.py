@@ -4,30 +4,42 @@
   ``*.pth.tar`` into a matxfer checkpoint (``cgcnn`` backbone + ``scalar`` head, normaliser,
   element table inside) and reproduces the original neighbour lists for exact parity.
 - :mod:`matxfer.pretrained.chgnet_backbone`: CHGNet 0.3.0 as the ``chgnet`` backbone
-  (importing this package registers it; its ``chgnet`` dependency is imported only when a
-  backbone is built), and feature caching for frozen backbones.
+  (:mod:`matxfer.models.registry` imports that module, which registers it; its ``chgnet``
+  dependency is imported only when a backbone is built), and feature caching for frozen
+  backbones.
 - :mod:`matxfer.pretrained.sevennet_backbone`: SevenNet-0 (``sevenn`` wheel) as the
   equivariant ``sevennet`` backbone (per-atom irreps of every interaction block; ``sevenn``
-  is imported only when a backbone is built).
+  is imported only when a backbone is built; registered the same way).
+
+The names below are imported from their submodules on first access.
 """
 
 from __future__ import annotations
 
-from matxfer.pretrained.cgcnn_import import (
-    CompatPredictor,
-    cgcnn_compat_graph,
-    cgcnn_neighbor_list,
-    import_cgcnn,
-    read_original_checkpoint,
-)
-from matxfer.pretrained.chgnet_backbone import (
-    CachedBackbone,
-    CHGNetBackbone,
-    MissingDependencyError,
-    attach_features,
-    cache_features,
-)
-from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
+#: public name -> the submodule that defines it (imported on first access, so that the
+#: command line can import ``matxfer.pretrained.cli`` without torch)
+_LAZY = {
+    "CompatPredictor": "cgcnn_import",
+    "cgcnn_compat_graph": "cgcnn_import",
+    "cgcnn_neighbor_list": "cgcnn_import",
+    "import_cgcnn": "cgcnn_import",
+    "read_original_checkpoint": "cgcnn_import",
+    "CachedBackbone": "chgnet_backbone",
+    "CHGNetBackbone": "chgnet_backbone",
+    "MissingDependencyError": "chgnet_backbone",
+    "attach_features": "chgnet_backbone",
+    "cache_features": "chgnet_backbone",
+    "SevenNetBackbone": "sevennet_backbone",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CHGNetBackbone",

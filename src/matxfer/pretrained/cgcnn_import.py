@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,37 +142,64 @@ def _plain(x: Any) -> Any:
     return str(x)
 
 
-def _torch_load_legacy(path: Path) -> Any:
-    """Read a third-party legacy torch file.
+def released_file_globals() -> list:
+    """The only non-tensor types the released CGCNN files hold, for the weights-only unpickler.
 
-    ``weights_only=True`` is tried first. Some released CGCNN files (the semi-metal
-    classifier stores ``best_mae_error`` as a numpy float) are only readable with
-    ``weights_only=False``, which unpickles arbitrary objects: it is used here for these
-    third-party checkpoint files only, never for matxfer's own checkpoints.
+    The semi-metal classifier stores ``best_mae_error`` as a numpy float64 scalar, pickled as
+    ``numpy.core.multiarray.scalar(numpy.dtype('float64'), <bytes>)``; everything else in the
+    released files is tensors, dicts, lists, strings and numbers. Nothing else is allowed.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused an object
-        log.info("%s needs the full unpickler (%s)", path.name, str(exc).splitlines()[0][:120])
-    return torch.load(path, map_location="cpu", weights_only=False)
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),  # the name numpy 1.x pickled
+        (scalar, "numpy._core.multiarray.scalar"),  # the name numpy 2.x pickles
+        np.dtype,
+        np.dtypes.Float64DType,
+    ]
 
 
-def read_original_checkpoint(path: str | Path) -> OriginalCheckpoint:
+#: what to do about a refused file, in the refusal message
+TRUST_REMEDY = (
+    "if you know where this file comes from and trust it, rerun with --trust-file "
+    "(matxfer import-cgcnn) or trust=True (read_original_checkpoint), which lets the file "
+    "run code on this machine"
+)
+
+
+def read_original_checkpoint(path: str | Path, trust: bool = False) -> OriginalCheckpoint:
     """Read and check an original CGCNN ``*.pth.tar`` file.
+
+    The file is read with ``torch.load(weights_only=True)`` and the few numpy types of the
+    released files (:func:`released_file_globals`); a file that holds anything else is
+    refused, because unpickling arbitrary objects can run code from the file.
+
+    Args:
+        path: the file.
+        trust: read with the full unpickler (``weights_only=False``): the file can then run
+            any code. Only for files from a source you trust.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a CGCNN checkpoint or has inconsistent shapes.
+        ValueError: the file is refused, unreadable, not a CGCNN checkpoint or has
+            inconsistent shapes (:class:`matxfer.checkpoint.CheckpointError` for the first
+            two).
     """
-    from matxfer.checkpoint import file_sha256
+    from matxfer.checkpoint import file_sha256, read_torch_file
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"CGCNN checkpoint not found: {path}")
-    try:
-        blob = _torch_load_legacy(path)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    if trust:
+        log.warning("%s: loading with the full unpickler (--trust-file): it can run code", path)
+    blob = read_torch_file(
+        path,
+        "CGCNN checkpoint",
+        allowed_globals=released_file_globals(),
+        trust=trust,
+        remedy=TRUST_REMEDY,
+    )
     if not isinstance(blob, dict) or "state_dict" not in blob:
         raise ValueError(f"{path} is not an original CGCNN checkpoint (no 'state_dict')")
     raw_args = blob.get("args", {})
@@ -395,6 +421,7 @@ def import_cgcnn(
     out: str | Path,
     target: str | None = None,
     units: str | None = None,
+    trust: bool = False,
 ) -> Path:
     """Convert an original CGCNN checkpoint into a matxfer checkpoint.
 
@@ -405,6 +432,8 @@ def import_cgcnn(
         out: the matxfer checkpoint to write.
         target: target (task) name; default from the file name (:data:`TARGETS`).
         units: target units; default from the file name.
+        trust: read ``path`` with the full unpickler, which can run code from the file
+            (see :func:`read_original_checkpoint`).
 
     Returns:
         The written path.
@@ -417,7 +446,7 @@ def import_cgcnn(
     from matxfer.checkpoint import build_checkpoint, file_sha256, load_checkpoint, save_checkpoint
     from matxfer.data.atom_features import AtomFeaturizer
 
-    orig = read_original_checkpoint(path)
+    orig = read_original_checkpoint(path, trust=trust)
     if orig.task != "regression":
         raise ValueError(
             f"{orig.path.name} is a {orig.task!r} checkpoint; only regression checkpoints "

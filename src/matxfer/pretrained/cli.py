@@ -1,8 +1,9 @@
 """``matxfer import-cgcnn``, ``import-chgnet`` and ``import-sevennet``: third-party weights as
 matxfer checkpoints.
 
-Imported by :mod:`matxfer.cli` as a plugin; importing it also registers the ``chgnet`` and
-``sevennet`` backbones (their dependencies are imported only when one is built).
+Imported by :mod:`matxfer.cli` as a plugin; it imports nothing heavy. The ``chgnet`` and
+``sevennet`` backbones are registered by :mod:`matxfer.models.registry`, which imports their
+modules when models are first needed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def _add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="target name (default: from the file name)")
     p.add_argument("--units", default=None, help="target units (default: from the file name)")
     p.add_argument(
+        "--trust-file",
+        action="store_true",
+        help="load FILE with Python's full unpickler (torch.load weights_only=False). RISK: a "
+        "crafted .pth.tar runs arbitrary code on this machine while it is read; use only for "
+        "a file from a source you trust, when the default safe loader refuses it",
+    )
+    p.add_argument(
         "--check",
         default=None,
         metavar="DIR",
@@ -50,7 +58,9 @@ def _run_import(args: argparse.Namespace) -> int:
         atom_init = Path(args.file).expanduser().parent / "atom_init.json"
         if not atom_init.is_file():
             raise ValueError(f"--atom-init not given and no atom_init.json beside {args.file}")
-    out = import_cgcnn(args.file, atom_init, args.out, target=args.target, units=args.units)
+    out = import_cgcnn(
+        args.file, atom_init, args.out, target=args.target, units=args.units, trust=args.trust_file
+    )
     summary = {"checkpoint": str(out)}
     if args.check:
         summary["check"] = compare_with_reference(out, args.check, Path(args.file).name)
@@ -127,5 +137,3 @@ register_command(
     _add_import_arguments,
     _run_import,
 )
-
-import matxfer.pretrained  # noqa: F401  (registers the chgnet and sevennet backbones)

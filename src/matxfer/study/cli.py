@@ -26,14 +26,28 @@ def cmd_study(args) -> int:
 
     study = load_study(args.config, args.overrides)
     if args.report_only:
-        path = write_report(args.out, study)
-    else:
-        StudyRunner(
-            study, args.out, max_cells=args.max_cells, retry_failed=not args.no_retry,
-            jobs=args.jobs, threads=args.threads,
-        ).run()
-        path = Path(args.out) / "report.md"
-    print(f"report: {path}")
+        from matxfer.study.runner import StudyLock
+
+        with StudyLock(args.out):
+            path = write_report(args.out, study)
+        print(f"report: {path}")
+        return 0
+    runner = StudyRunner(
+        study, args.out, max_cells=args.max_cells, retry_failed=not args.no_retry,
+        jobs=args.jobs, threads=args.threads,
+    )
+    runner.run()
+    return _finish(runner)
+
+
+def _finish(runner) -> int:
+    """Print the report path; 1 and a summary line on stderr when any cell failed."""
+    import sys
+
+    print(f"report: {runner.out / 'report.md'}")
+    if runner.failed:
+        print(f"matxfer: error: {runner.failure_summary()}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -47,9 +61,9 @@ def cmd_quickstart(args) -> int:
     from matxfer.study.runner import StudyRunner
 
     cfg = args.config or _bundled_config("quickstart.yaml")
-    StudyRunner(load_study(cfg), args.out).run()
-    print(f"report: {Path(args.out) / 'report.md'}")
-    return 0
+    runner = StudyRunner(load_study(cfg), args.out)
+    runner.run()
+    return _finish(runner)
 
 
 def _bundled_config(name: str) -> Path:

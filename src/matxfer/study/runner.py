@@ -58,6 +58,86 @@ class LeakageError(ValueError):
     """A target's test materials appear in the labels a pretraining run learned."""
 
 
+class StudyLockedError(ValueError):
+    """Another live process holds the study directory's lock file."""
+
+
+#: lock file inside a study directory: created with O_EXCL, holds the owner's pid
+LOCK_NAME = ".matxfer-study.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class StudyLock:
+    """Exclusive use of a study directory by one process (``with StudyLock(out): ...``).
+
+    The lock is ``out/.matxfer-study.lock``, created with ``O_CREAT | O_EXCL`` and holding
+    the owner's pid. A lock whose pid is no longer running (a killed study) is taken over
+    with a warning; a live owner makes :class:`StudyLockedError`.
+    """
+
+    def __init__(self, out: str | Path):
+        self.path = Path(out) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    text = self.path.read_text().strip()
+                except FileNotFoundError:  # released meanwhile: try again
+                    continue
+                pid = int(text) if text.isdigit() else None
+                if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                    raise StudyLockedError(
+                        f"study directory {self.path.parent} is in use by another matxfer study "
+                        f"(pid {pid}, lock file {self.path}); wait for it to finish or use "
+                        "another --out"
+                    ) from None
+                log.warning(
+                    "taking over the stale lock %s of %s",
+                    self.path,
+                    f"pid {pid} (no such process)" if pid is not None else f"unreadable content {text[:20]!r}",
+                )
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self.held = True
+            return
+        raise StudyLockedError(f"could not take the lock {self.path}; another study keeps taking it")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            if self.path.read_text().strip() == str(os.getpid()):
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> StudyLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def family(label: str) -> str:
     return PROPERTY_FAMILIES.get(label, label)
 
@@ -101,6 +181,10 @@ class StudyRunner:
         self.jobs = int(jobs)
         self.threads = threads
         self.pretrained: dict[str, dict[str, Any]] = {}
+        #: (cell directory, error) of each cell of the last :meth:`run` that failed
+        self.failed: list[tuple[str, str]] = []
+        #: number of cells the last :meth:`run` went through
+        self.n_cells = 0
 
     # ------------------------------------------------------------------ pretraining
     def _used(self, spec) -> bool:
@@ -346,10 +430,42 @@ class StudyRunner:
         return row
 
     # ------------------------------------------------------------------ all
+    @property
+    def log_path(self) -> Path:
+        return self.out / "study.log"
+
+    def failure_summary(self) -> str:
+        """``"N of M cells failed: <cell>: <error>; ...; see <log>"`` ('' when none failed)."""
+        if not self.failed:
+            return ""
+        cells = self.out / "cells"
+
+        def name(d: str) -> str:
+            return str(Path(d).relative_to(cells)) if Path(d).is_relative_to(cells) else d
+
+        shown = "; ".join(f"{name(d)}: {e}" for d, e in self.failed[:3])
+        more = f"; and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+        return (
+            f"{len(self.failed)} of {self.n_cells} cells failed: {shown}{more}; see {self.log_path}"
+        )
+
     def run(self, progress: bool = True) -> Path:
+        """Run (or resume) the study, holding the directory's :class:`StudyLock`.
+
+        Failed cells do not stop the study; they are listed in :attr:`failed` (see
+        :meth:`failure_summary`).
+
+        Raises:
+            StudyLockedError: another running study uses the same directory.
+        """
+        with StudyLock(self.out):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> Path:
         from matxfer.progress import progress_bar
 
         self.out.mkdir(parents=True, exist_ok=True)
+        self.failed = []
         handler = logging.FileHandler(self.out / "study.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("matxfer").addHandler(handler)
@@ -359,12 +475,13 @@ class StudyRunner:
             todo = self.cells()
             if self.max_cells is not None:
                 todo = todo[: self.max_cells]
+            self.n_cells = len(todo)
             bar = progress_bar("study cells", total=len(todo), disable=not progress or None)
             if pool is None:
                 for cell in todo:
                     target, split, size, recipe, seed = cell
                     bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
-                    self.run_cell(*cell)
+                    self._note(cell, self.run_cell(*cell))
                     bar.update(1)
                     self.write_results()
             else:
@@ -375,9 +492,10 @@ class StudyRunner:
                 for fut in as_completed(futures):
                     target, _, size, recipe, seed = futures[fut]
                     try:
-                        fut.result()
+                        row = fut.result()
                     except Exception as exc:  # the worker process itself died
-                        self._record_crash(futures[fut], exc)
+                        row = self._record_crash(futures[fut], exc)
+                    self._note(futures[fut], row)
                     bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
                     bar.update(1)
                     self.write_results()
@@ -405,7 +523,12 @@ class StudyRunner:
             initargs=(threads,),
         )
 
-    def _record_crash(self, cell, exc: BaseException) -> None:
+    def _note(self, cell, row: dict[str, Any]) -> None:
+        if row.get("status") != "ok":
+            target, _, size, recipe, seed = cell
+            self.failed.append((str(self.cell_dir(target, recipe, size, seed)), str(row.get("error", "failed"))))
+
+    def _record_crash(self, cell, exc: BaseException) -> dict[str, Any]:
         target, _, size, recipe, seed = cell
         run_dir = self.cell_dir(target, recipe, size, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -416,6 +539,7 @@ class StudyRunner:
         }
         log.error("cell %s: worker failed: %s", run_dir, row["error"])
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
+        return row
 
     def write_results(self) -> Path:
         rows = []
