@@ -252,10 +252,12 @@ def main() -> None:
     if args.only in (None, "train"):
         result.setdefault("training", {})
         for name in args.variants:
-            if name == "eij_max":
-                result["training"][name] = eij_max_model(args.epochs)
-            else:
-                result["training"][name] = train_variant(name, VARIANTS[name], args.epochs)
+            row = eij_max_model(args.epochs) if name == "eij_max" else train_variant(
+                name, VARIANTS[name], args.epochs
+            )
+            # re-read before writing: several invocations may run at once
+            result = {**result, **(json.loads(OUT.read_text()) if OUT.exists() else {})}
+            result.setdefault("training", {})[name] = row
             OUT.write_text(json.dumps(result, indent=1, default=float))
             print(name, json.dumps(result["training"][name], default=float)[:400], flush=True)
     OUT.write_text(json.dumps(result, indent=1, default=float))

@@ -8,7 +8,8 @@ twice on the same fixed split with the same budget, once per parameterisation:
 - ``scratch``: the small equivariant network of the CPU study, random weights;
 - ``chgnet-head``: CHGNet 0.3.0 frozen (features computed once), edge tensor head;
 - ``sevennet-head``: SevenNet-0 frozen, e3nn tensor head on its irreps features (when the
-  ``sevennet`` extra is installed).
+  ``sevennet`` extra is installed); ``sevennet-product``: the same with the tensor-product
+  head.
 
 Test metrics come from the same path as ``matxfer train`` (point-group projected), with the
 zero and training-mean predictors on the same crystals.
@@ -46,6 +47,10 @@ ROUTES = {
     "scratch": {"model": {"backbone": SMALL_EQ}, "optim": {"lr": 0.005}},
     "chgnet-head": {"import": "chgnet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01}},
     "sevennet-head": {"import": "sevennet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01}},
+    "sevennet-product": {
+        "import": "sevennet", "transfer": {"recipe": "head"}, "optim": {"lr": 0.01},
+        "model": {"heads": {"__target__": {"name": "tensor-product"}}},
+    },
 }
 
 
@@ -69,7 +74,7 @@ def run(route: str, target: str, param: str, epochs: int, seed: int) -> dict:
     from matxfer.study.runner import deep_merge
     from matxfer.train.loop import fit
 
-    spec = dict(ROUTES[route])
+    spec = json.loads(json.dumps(ROUTES[route]).replace("__target__", target))
     imp = spec.pop("import", None)
     name = f"{route}-{target}-{param}-s{seed}"
     raw = {
@@ -121,10 +126,13 @@ def main() -> None:
         for param in args.params:
             for seed in range(args.seeds):
                 key = f"{args.target}/{route}/{param}/s{seed}"
-                result["runs"][key] = run(route, args.target, param, args.epochs, seed)
-                result["runs"][key]["load_avg"] = os.getloadavg()
+                row = run(route, args.target, param, args.epochs, seed)
+                row["load_avg"] = os.getloadavg()
+                # re-read before writing: several invocations may run at once
+                result = {**result, **(json.loads(OUT.read_text()) if OUT.exists() else {})}
+                result.setdefault("runs", {})[key] = row
                 OUT.write_text(json.dumps(result, indent=1, default=float))
-                r = result["runs"][key]
+                r = row
                 print(key, r["wall_s"], {k: round(r["test"][k], 4) for k in ("mae_voigt", "fnorm", "ewt25") if k in r["test"]}, flush=True)
     print(f"wrote {OUT}")
 

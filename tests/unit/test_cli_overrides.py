@@ -19,7 +19,7 @@ STUDY = ROOT / "configs" / "quickstart.yaml"
 def captured_fit(monkeypatch):
     seen = []
 
-    def fake_fit(cfg, command=""):
+    def fake_fit(cfg, command="", force=False):
         seen.append(cfg)
         return SimpleNamespace(checkpoint="x.ckpt", metrics={}, wall_time_s=0.0)
 
