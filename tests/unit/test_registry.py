@@ -141,3 +141,18 @@ def test_mp_elastic_tensors_obey_the_point_group_of_their_structures(data_dir):
     systems = {r.crystal_system for r in results}
     assert {"trigonal", "hexagonal", "cubic"} <= systems
     assert len(broken) <= 1, [(r.material_id, r.reasons) for r in broken]
+
+
+@pytest.mark.parametrize(
+    "first", ["matxfer.pretrained.chgnet_backbone", "matxfer.pretrained.sevennet_backbone",
+              "matxfer.models.registry", "matxfer.study.runner"]
+)
+def test_every_backbone_registers_whichever_module_is_imported_first(first):
+    import subprocess
+    import sys
+
+    code = (f"import logging, {first}, matxfer.models.registry as r; "
+            "print(sorted(r.BACKBONES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "chgnet" in out.stdout and "sevennet" in out.stdout
+    assert "could not import" not in out.stderr

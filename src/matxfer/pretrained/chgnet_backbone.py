@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.errors import MissingDependencyError
 from matxfer.models.base import Backbone
 from matxfer.models.registry import register_backbone
 from matxfer.nn.pooling import graph_index
@@ -92,10 +93,6 @@ CHGNET_030_ARGS: dict[str, Any] = {
 CACHED_FEATURES = "cached_node_feats"
 
 INSTALL_HINT = "pip install matxfer[chgnet]"
-
-
-class MissingDependencyError(ImportError, ValueError):
-    """An optional dependency is not installed (also a ValueError, so the CLI reports it)."""
 
 
 def import_chgnet():

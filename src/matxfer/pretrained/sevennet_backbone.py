@@ -80,7 +80,7 @@ from matxfer import keys as K
 from matxfer.models.base import Backbone
 from matxfer.models.registry import register_backbone
 from matxfer.nn.pooling import graph_index
-from matxfer.pretrained.chgnet_backbone import MissingDependencyError
+from matxfer.errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
