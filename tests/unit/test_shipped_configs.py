@@ -43,3 +43,18 @@ def test_shipped_config_is_valid(path, tmp_path):
                 assert "backbone" not in cfg.model
             else:
                 assert cfg.model["backbone"]["name"]
+
+
+def test_documents_cited_by_shipped_configs_are_in_the_repository():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cited = set()
+    for cfg in (root / "configs").rglob("*.yaml"):
+        text = cfg.read_text()
+        cited |= set(re.findall(r"\b(docs/[\w./-]+\.md)", text))
+        assert "SCIENCE.md" not in text, f"{cfg} cites a document outside the repository"
+    assert cited, "no shipped config cites the project's docs"
+    for doc in cited:
+        assert (root / doc).is_file(), f"{doc} is cited by a config but missing"
