@@ -175,3 +175,14 @@ def test_study_yaml_syntax_error(tmp_path):
     p.write_text("name: s\ntargets: [a,\n")
     with pytest.raises(ValueError, match=r"s.yaml: not valid YAML \(line \d+, column \d+"):
         load_study(p)
+
+
+def test_recipe_head_per_label(tmp_path):
+    st = _study(recipes=[{"name": "head", "kind": "head", "pretrained": "pre",
+                          "head": {"piezo_tensor": {"name": "tensor-product"}}}])
+    runner = StudyRunner(st, tmp_path)
+    runner.pretrained = {"pre": {"checkpoint": "pre.ckpt"}}
+    raw = runner.cell_raw(st.targets[0], st.recipes[1], 10, 0, tmp_path / "c")
+    assert "heads" not in raw.get("model", {})  # band_gap keeps its default head
+    with pytest.raises(ValueError, match="mapping from label"):
+        _study(recipes=[{"name": "h", "kind": "head", "pretrained": "pre", "head": {"x": 1}}])

@@ -69,8 +69,9 @@ class RecipeSpec:
 
     ``overrides`` are run-config dotted overrides for this recipe only
     (e.g. ``optim.lr_mult.backbone=0.1``). ``head`` is the head config given to every
-    target label of the recipe's cells (e.g. ``{name: tensor-product}``); without it each
-    label gets its default head.
+    target label of the recipe's cells (e.g. ``{name: tensor-product}``), or a mapping from
+    label to head config (``{piezo_tensor: {name: tensor-product}}``; other labels keep their
+    default head).
     """
 
     name: str
@@ -195,8 +196,15 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
                     "recipes[]")
         if "name" not in item:
             raise ValueError(f"recipes[{i}]: needs a 'name'")
-        if item.get("head") is not None and not (isinstance(item["head"], dict) and item["head"].get("name")):
-            raise ValueError(f"recipe {item.get('name')!r}: head must be a head config with a 'name'")
+        head = item.get("head")
+        if head is not None and not (
+            isinstance(head, dict)
+            and (head.get("name") or all(isinstance(v, dict) and v.get("name") for v in head.values()))
+        ):
+            raise ValueError(
+                f"recipe {item.get('name')!r}: head must be a head config with a 'name', or a "
+                "mapping from label to such a config"
+            )
         r = RecipeSpec(**_checked(RecipeSpec, item, f"recipes[{i}]"))
         if r.kind != "scratch" and r.pretrained is None:
             raise ValueError(f"recipe {r.name!r} ({r.kind}) needs 'pretrained: <pretrain run>'")

@@ -376,9 +376,11 @@ class StudyRunner:
             if "model" in raw:
                 raw["model"] = {"heads": raw["model"].get("heads", {})}
         if recipe.head is not None:
-            raw.setdefault("model", {})["heads"] = {
-                t: dict(recipe.head) for t in raw["data"].get("targets", [])
-            }
+            labels = raw["data"].get("targets", [])
+            per_label = recipe.head if "name" not in recipe.head else dict.fromkeys(labels, recipe.head)
+            heads = {t: dict(per_label[t]) for t in labels if t in per_label}
+            if heads:
+                raw.setdefault("model", {})["heads"] = heads
         return apply_overrides(raw, recipe.overrides)
 
     def pretrain_raw(self, spec) -> dict:
