@@ -153,3 +153,28 @@ def test_prepare_run_dir_without_a_run_starts_afresh(tmp_path):
     (out / "best.ckpt").write_bytes(b"stale")
     assert prepare_run_dir(out, config_from_dict({**TINY, "out": str(out)})) is None
     assert not (out / "best.ckpt").exists() and (out / "cell_split.json").exists()
+
+
+def test_csv_log_of_an_interrupted_run_is_moved_aside_and_merged_back(tmp_path):
+    """Lightning's CSV logger cannot append to a file whose rows have other columns (the
+    rows of the epochs before a kill): the file is stashed before the resume and merged
+    after, keeping every epoch once, also across a second interruption."""
+    import csv
+
+    from matxfer.train.loop import STASHED_CSV, _merge_csv_logs, _stash_csv_log
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.csv").write_text(
+        "epoch,step,train_loss,val_loss\n0,4,1.0,\n0,4,,0.9\n1,8,0.8,\n1,8,,0.7\n2,12,0.6,\n"
+    )
+    text = _stash_csv_log(logs)
+    assert not (logs / "metrics.csv").exists() and (logs / STASHED_CSV).is_file()
+    # interrupted again before the merge: a new partial log, then a second resume at epoch 2
+    (logs / "metrics.csv").write_text("epoch,step,val_loss\n2,12,0.55\n")
+    text = _stash_csv_log(logs)
+    (logs / "metrics.csv").write_text("epoch,step,val_loss,train_loss\n2,12,0.5,\n2,12,,0.45\n3,16,0.4,\n")
+    _merge_csv_logs(logs / "metrics.csv", text, start_epoch=2)
+    rows = list(csv.DictReader(open(logs / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "0", "1", "1", "2", "2", "3"]
+    assert {"train_loss", "val_loss"} <= set(rows[0])

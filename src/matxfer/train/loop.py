@@ -428,6 +428,38 @@ def _start_at_epoch(trainer, epoch: int, global_step: int) -> None:
         loop._batches_that_stepped = global_step  # the CSV log's step column continues
 
 
+#: the CSV log of the epochs before a resume, kept until it is merged back
+STASHED_CSV = "metrics.before_resume.csv"
+
+
+def _stash_csv_log(logs: Path) -> str | None:
+    """Move the CSV log of an interrupted run aside before resuming, and return its text.
+
+    Lightning's CSV logger appends to an existing ``metrics.csv`` under a header of its own
+    and fails when the old rows have other columns, so the file is moved to
+    :data:`STASHED_CSV` (rows of an earlier stash, left by a run interrupted again before
+    its merge, come first) and merged back after the fit (:func:`_merge_csv_logs`).
+    """
+    import csv
+    import io
+
+    texts = [p.read_text() for p in (logs / STASHED_CSV, logs / "metrics.csv") if p.is_file()]
+    if not texts:
+        return None
+    rows, fields = [], []
+    for text in texts:
+        for r in csv.DictReader(io.StringIO(text)):
+            rows.append(r)
+            fields.extend(k for k in r if k not in fields)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    (logs / STASHED_CSV).write_text(buf.getvalue())
+    (logs / "metrics.csv").unlink(missing_ok=True)
+    return buf.getvalue()
+
+
 def _merge_csv_logs(path: Path, earlier: str | None, start_epoch: int) -> None:
     """Put back the rows of the epochs before a resume (Lightning's CSV logger restarts its file)."""
     import csv
@@ -887,8 +919,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
         earlier_csv = None
         if resume is not None:
             _start_at_epoch(trainer, int(resume["epoch"]), int(resume.get("global_step", 0)))
-            csv_path = out / "logs" / "metrics.csv"
-            earlier_csv = csv_path.read_text() if csv_path.is_file() else None
+            earlier_csv = _stash_csv_log(out / "logs")
             import warnings
 
             # the earlier rows are put back after the fit (_merge_csv_logs)
@@ -898,6 +929,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
                 trainer.fit(lit, train_loader, val_loader)
             if resume is not None and trainer.is_global_zero:
                 _merge_csv_logs(out / "logs" / "metrics.csv", earlier_csv, int(resume["epoch"]))
+                (out / "logs" / STASHED_CSV).unlink(missing_ok=True)
         finally:
             if cached:
                 from matxfer.train.feature_cache import detach_outputs
