@@ -351,8 +351,9 @@ def backbone_sha256(state: dict[str, torch.Tensor]) -> str:
     where ``<shape>`` is ``",".join(map(str, tensor.shape))`` and ``<kind>`` is ``float64``
     for floating-point tensors and the torch dtype name (e.g. ``int64``) otherwise, then
     the tensor's bytes: floating-point tensors converted to float64 (exact for float32 and
-    float16, so the hash does not depend on the precision the model runs in), all others
-    as they are; little-endian, C order.
+    float16, so the hash does not depend on the precision the model runs in) with -0.0
+    written as +0.0 (recomputed constants such as Wigner 3j buffers differ in the sign of
+    their zeros only), all others as they are; little-endian, C order.
     """
     import numpy as np
 
@@ -361,7 +362,7 @@ def backbone_sha256(state: dict[str, torch.Tensor]) -> str:
         t = state[key].detach().cpu()
         if t.is_floating_point():
             kind = "float64"
-            arr = t.to(torch.float64).contiguous().numpy()
+            arr = (t.to(torch.float64) + 0.0).contiguous().numpy()  # -0.0 -> +0.0
         else:
             kind = str(t.dtype).removeprefix("torch.")
             arr = t.contiguous().numpy()
@@ -470,8 +471,8 @@ def slim_checkpoint(ckpt: dict) -> dict:
     return out
 
 
-def _reference_state(ckpt: dict, model) -> dict[str, torch.Tensor]:
-    """The ``backbone.*`` tensors of a slim checkpoint, from the package, hash-checked."""
+def _reference_backbone(ckpt: dict):
+    """The backbone of a slim checkpoint rebuilt from its package, hash-checked."""
     ref = ckpt["backbone_ref"]
     bb_cfg = ckpt["model_config"]["backbone"]
     try:
@@ -481,8 +482,7 @@ def _reference_state(ckpt: dict, model) -> dict[str, torch.Tensor]:
             f"this checkpoint stores its {ref.get('name')} backbone by reference "
             f"({ref.get('version')}); the package is needed to rebuild it: {exc}"
         ) from None
-    state = backbone.state_dict()
-    actual = backbone_sha256(state)
+    actual = backbone_sha256(backbone.state_dict())
     if actual != ref.get("sha256"):
         raise CheckpointError(
             f"checkpoint backbone_ref: the {ref.get('name')} backbone rebuilt from the installed "
@@ -491,9 +491,25 @@ def _reference_state(ckpt: dict, model) -> dict[str, torch.Tensor]:
             f"{ref.get('sha256')} (written with {ref.get('version')}); install that version"
         )
     dtype = getattr(torch, str(ref.get("dtype") or "float32"))
-    return {
-        BACKBONE_PREFIX + k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()
-    }
+    if dtype != torch.float32:
+        backbone = backbone.to(dtype)
+    return backbone
+
+
+def _model_on(backbone, model_cfg: dict, tasks: dict):
+    """A :class:`~matxfer.models.base.PropertyModel` of ``model_cfg``'s heads on an existing
+    backbone module (no second backbone is built)."""
+    from matxfer.models.base import PropertyModel
+    from matxfer.models.registry import _head_for_task, build_head, build_normalizer
+
+    heads_cfg = {t: _head_for_task(t, c, tasks[t]) for t, c in model_cfg["heads"].items()}
+    if set(heads_cfg) != set(tasks):
+        raise ValueError(
+            f"heads {sorted(heads_cfg)} do not match tasks {sorted(tasks)}: one head per task"
+        )
+    heads = torch.nn.ModuleDict({t: build_head(c, backbone.out_spec) for t, c in heads_cfg.items()})
+    norms = torch.nn.ModuleDict({t: build_normalizer(tasks[t]) for t in heads_cfg})
+    return PropertyModel(backbone, heads, norms, tasks)
 
 
 def _load_strict(model, state: dict) -> None:
@@ -518,10 +534,15 @@ def model_from_checkpoint(ckpt: dict):
     from matxfer.tasks import Task
 
     tasks = {k: Task.from_dict(v) for k, v in ckpt["tasks"].items()}
-    model = build_model(ckpt["model_config"], tasks)
-    state = dict(ckpt["state_dict"])
     if ckpt.get("backbone_ref"):
-        state.update(_reference_state(ckpt, model))
+        model = _model_on(_reference_backbone(ckpt), ckpt["model_config"], tasks)
+        state = {
+            **{BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()},
+            **ckpt["state_dict"],
+        }
+    else:
+        model = build_model(ckpt["model_config"], tasks)
+        state = ckpt["state_dict"]
     _load_strict(model, state)
     model.eval()
     members = ckpt.get("members")
@@ -532,12 +553,8 @@ def model_from_checkpoint(ckpt: dict):
     backbone_state = {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     built = []
     for m in members:
-        pm = model if not built else build_model(ckpt["model_config"], tasks)
-        if built:
-            pm.backbone = model.backbone  # one shared backbone module
-            _load_strict(pm, {**backbone_state, **m["state_dict"]})
-        else:
-            _load_strict(pm, {**backbone_state, **m["state_dict"]})
+        pm = _model_on(model.backbone, ckpt["model_config"], tasks)
+        _load_strict(pm, {**backbone_state, **m["state_dict"]})
         pm.eval()
         built.append(pm)
     ens = EnsembleModel(built)

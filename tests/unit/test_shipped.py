@@ -80,6 +80,8 @@ def test_backbone_hash_definition():
     assert h != backbone_sha256({"w": a["w"] + 1e-6, "n": a["n"]})
     assert h != backbone_sha256({"w": a["w"].reshape(3, 2), "n": a["n"]})  # the shape counts
     assert h != backbone_sha256({"v": a["w"], "n": a["n"]})  # so do the names
+    z = {"w": torch.tensor([0.0, 1.0])}
+    assert backbone_sha256(z) == backbone_sha256({"w": torch.tensor([-0.0, 1.0])})
 
 
 # ---- slim checkpoints ---------------------------------------------------------------------
@@ -107,6 +109,24 @@ def test_slim_checkpoint_small_identical_and_hash_checked(members, tmp_path, si,
         model_from_checkpoint(tampered)
     msg = str(err.value)
     assert "0" * 64 in msg and ref["sha256"] in msg and ref["package_version"] in msg
+
+
+def test_slim_sevennet_round_trip(tmp_path, si, zno):
+    pytest.importorskip("sevenn", reason="sevenn is not installed (pip install matxfer[sevennet])")
+    from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+
+    parent = export_sevennet_checkpoint(tmp_path / "sevennet-0.ckpt")
+    full = _member(parent, tmp_path, 0)
+    slim = slim_checkpoint(load_checkpoint(full))
+    ref = slim["backbone_ref"]
+    assert ref["package"] == "sevenn" and ref["weights"] == "7net-0"
+    assert ref["version"].startswith("sevenn ")
+    path = save_checkpoint(slim, tmp_path / "slim7.ckpt")
+    assert path.stat().st_size < full.stat().st_size / 10
+    a = _predict(full, [si, zno], symprec=None)
+    b = _predict(path, [si, zno], symprec=None)
+    for x, y in zip(a, b):
+        assert x["dielectric_total"]["cartesian"] == y["dielectric_total"]["cartesian"]
 
 
 def test_slim_refuses_a_trained_or_own_backbone(chgnet_parent, tmp_path, tiny_checkpoint):
