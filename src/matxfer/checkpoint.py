@@ -496,6 +496,20 @@ def _reference_backbone(ckpt: dict):
     return backbone
 
 
+def full_checkpoint(ckpt: dict) -> dict:
+    """A slim checkpoint with its backbone tensors put back from the package (hash-checked),
+    e.g. as the parent of a fine-tuning run; any other checkpoint is returned unchanged."""
+    if not ckpt.get("backbone_ref"):
+        return ckpt
+    backbone = _reference_backbone(ckpt)
+    out = {k: v for k, v in ckpt.items() if k != "backbone_ref"}
+    out["state_dict"] = {
+        **{BACKBONE_PREFIX + k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+        **ckpt["state_dict"],
+    }
+    return out
+
+
 def _model_on(backbone, model_cfg: dict, tasks: dict):
     """A :class:`~matxfer.models.base.PropertyModel` of ``model_cfg``'s heads on an existing
     backbone module (no second backbone is built)."""

@@ -79,3 +79,48 @@ def test_ship_model_end_to_end(tmp_path, data_dir, monkeypatch):
 
 def member_size(tmp_path: Path) -> int:
     return (tmp_path / "work" / "member0" / "model.ckpt").stat().st_size
+
+
+def test_shipped_name_in_evaluate_inspect_and_finetune(tmp_path, data_dir, monkeypatch, capsys):
+    """A shipped (slim, ensemble) model's name works for evaluate, inspect and as the parent
+    of a fine-tuning run (transfer.init_from / finetune --init-from)."""
+    pytest.importorskip("chgnet", reason="chgnet is not installed (pip install matxfer[chgnet])")
+    from matxfer.checkpoint import load_checkpoint
+    from matxfer.cli import main
+    from matxfer.config import config_from_dict
+    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.shipped.build import ship_model
+    from matxfer.train.cli import evaluate_checkpoint
+    from matxfer.train.loop import fit
+
+    parent = export_chgnet_checkpoint(tmp_path / "chgnet-0.3.0.ckpt")
+    data = {"datasets": ["petousis-dielectric-2017"], "targets": ["dielectric_total"],
+            "limit": 24, "split": {"fractions": [0.6, 0.2, 0.2], "seed": 0}}
+    cfg = {"name": "tiny", "data": data, "trainer": {"progress": False},
+           "transfer": {"init_from": str(parent), "recipe": "head"},
+           "model": {"heads": {"dielectric_total": {"name": "edge-tensor", "hidden": [8],
+                                                    "channels": 1}}},
+           "optim": {"epochs": 1, "batch_size": 8, "patience": 0}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    shipped = tmp_path / "shipped"
+    ship_model("diel", config, 2, shipped=shipped, work_dir=tmp_path / "work")
+    monkeypatch.setenv("MATXFER_SHIPPED_DIR", str(shipped))
+
+    res = evaluate_checkpoint("diel", "petousis-dielectric-2017", "test")
+    assert res["n"] == len(load_checkpoint("diel")["split"]["test"])
+    assert "mae_voigt" in res["metrics"]["dielectric_total"]
+    assert main(["inspect", "diel", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["members"] == 2 and info["backbone_ref"]["name"] == "chgnet"
+
+    child = fit(config_from_dict({
+        "name": "child", "out": str(tmp_path / "child"), "data": data,
+        "trainer": {"progress": False}, "optim": {"epochs": 1, "batch_size": 8, "patience": 0},
+        "transfer": {"init_from": "diel", "recipe": "head", "keep_heads": ["dielectric_total"]},
+    }))
+    ck = load_checkpoint(child.checkpoint)
+    assert ck["provenance"]["parent"] == "diel"
+    assert ck["provenance"]["parent_sha256"]
+    sd = torch.load(parent, weights_only=True)["state_dict"]
+    assert all(torch.equal(ck["state_dict"][k], v) for k, v in sd.items())

@@ -299,6 +299,29 @@ def test_names_resolve_everywhere(shipped_folder, tmp_path, monkeypatch, si, cap
     assert "shipped models: gap" in capsys.readouterr().err
 
 
+def test_study_pretrain_checkpoint_takes_a_name(shipped_folder, tmp_path):
+    from matxfer.study.config import study_from_dict
+    from matxfer.study.runner import StudyRunner
+
+    raw = {
+        "name": "t",
+        "pretrain": {"pre": {"checkpoint": "gap"}},
+        "targets": {"gap": {"data": {"datasets": ["petousis-dielectric-2017"],
+                                     "targets": ["band_gap"]}, "sizes": [10]}},
+        "recipes": [{"name": "head", "kind": "head", "pretrained": "pre"}],
+    }
+    st = study_from_dict(raw)
+    runner = StudyRunner(st, tmp_path / "study")
+    info = runner.pretrain_one(st.pretrain[0])
+    assert info["targets"] == ["band_gap"] and info["checkpoint"] == "gap"
+    runner.pretrained["pre"] = info
+    cell = runner.cell_raw(st.targets[0], st.recipes[-1], 10, 0, tmp_path / "cell")
+    assert cell["transfer"]["init_from"] == "gap"
+    missing = study_from_dict({**raw, "pretrain": {"pre": {"checkpoint": "nosuch"}}})
+    with pytest.raises(CheckpointError, match="shipped models: gap"):
+        StudyRunner(missing, tmp_path / "m").pretrain_one(missing.pretrain[0])
+
+
 def test_package_data_includes_shipped_files():
     from pathlib import Path
 
