@@ -24,7 +24,7 @@ Optional keys:
     members: [{state_dict, seed, metrics, source}]
         an ensemble (:func:`matxfer.models.ensemble.make_ensemble`): K heads and normalisers
         (``state_dict`` without ``backbone.*``) over one shared frozen backbone; the
-        top-level ``state_dict`` is member 0 (plus the backbone unless slim).
+        top-level ``state_dict`` then holds only the ``backbone.*`` tensors (none if slim).
 
 Nothing is pickled; configs are rebuilt through the registry.
 """
@@ -497,16 +497,21 @@ def _reference_backbone(ckpt: dict):
 
 
 def full_checkpoint(ckpt: dict) -> dict:
-    """A slim checkpoint with its backbone tensors put back from the package (hash-checked),
-    e.g. as the parent of a fine-tuning run; any other checkpoint is returned unchanged."""
-    if not ckpt.get("backbone_ref"):
+    """The checkpoint of one complete model, e.g. as the parent of a fine-tuning run: a slim
+    checkpoint gets its backbone tensors back from the package (hash-checked), an ensemble
+    becomes its first member. Any other checkpoint is returned unchanged."""
+    if not ckpt.get("backbone_ref") and not ckpt.get("members"):
         return ckpt
-    backbone = _reference_backbone(ckpt)
-    out = {k: v for k, v in ckpt.items() if k != "backbone_ref"}
-    out["state_dict"] = {
-        **{BACKBONE_PREFIX + k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-        **ckpt["state_dict"],
-    }
+    out = {k: v for k, v in ckpt.items() if k not in ("backbone_ref", "members")}
+    state = dict(ckpt["state_dict"])
+    if ckpt.get("backbone_ref"):
+        backbone = _reference_backbone(ckpt)
+        state.update(
+            {BACKBONE_PREFIX + k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+        )
+    if ckpt.get("members"):
+        state.update(ckpt["members"][0]["state_dict"])
+    out["state_dict"] = state
     return out
 
 
@@ -548,6 +553,7 @@ def model_from_checkpoint(ckpt: dict):
     from matxfer.tasks import Task
 
     tasks = {k: Task.from_dict(v) for k, v in ckpt["tasks"].items()}
+    members = ckpt.get("members")
     if ckpt.get("backbone_ref"):
         model = _model_on(_reference_backbone(ckpt), ckpt["model_config"], tasks)
         state = {
@@ -556,18 +562,17 @@ def model_from_checkpoint(ckpt: dict):
         }
     else:
         model = build_model(ckpt["model_config"], tasks)
-        state = ckpt["state_dict"]
-    _load_strict(model, state)
-    model.eval()
-    members = ckpt.get("members")
+        state = dict(ckpt["state_dict"])
     if not members:
+        _load_strict(model, state)
+        model.eval()
         return model, tasks
     from matxfer.models.ensemble import EnsembleModel
 
     backbone_state = {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     built = []
-    for m in members:
-        pm = _model_on(model.backbone, ckpt["model_config"], tasks)
+    for i, m in enumerate(members):
+        pm = model if i == 0 else _model_on(model.backbone, ckpt["model_config"], tasks)
         _load_strict(pm, {**backbone_state, **m["state_dict"]})
         pm.eval()
         built.append(pm)

@@ -336,3 +336,14 @@ def test_package_data_includes_shipped_files():
     for name, entry in index["models"].items():
         assert (root / "src/matxfer/shipped" / entry["file"]).is_file(), name
         assert (root / "src/matxfer/shipped" / entry["card"]).is_file(), name
+
+
+def test_elastic_metrics_report_k_and_g_vrh_mae():
+    """``matxfer evaluate`` on an elastic model reports k_vrh_mae and g_vrh_mae
+    (tensor_metrics of the elastic formula)."""
+    from matxfer.metrics import tensor_metrics
+
+    pred = np.stack([_isotropic(110.0, 45.0), _isotropic(80.0, 30.0)])
+    true = np.stack([_isotropic(100.0, 50.0), _isotropic(90.0, 30.0)])
+    m = tensor_metrics(pred, true, "ijkl=jikl=klij")
+    assert m["k_vrh_mae"] == pytest.approx(10.0) and m["g_vrh_mae"] == pytest.approx(2.5)

@@ -108,7 +108,8 @@ def make_ensemble(paths: list[str | Path], slim: bool | None = None) -> dict[str
     The members must share the model config (backbone and heads), the tasks, the graph
     settings and the backbone weights (same :func:`~matxfer.checkpoint.backbone_sha256`).
     The result's top-level fields are member 0's (split, provenance, config), with
-    ``provenance.members`` naming every source file and seed. ``slim``: store a
+    ``provenance.members`` naming every source file and seed; its ``state_dict`` holds the
+    shared backbone only, each member's heads and normalisers are in ``members``. ``slim``: store a
     third-party backbone by reference (default: when it can be, i.e. a frozen ``chgnet``
     or ``sevennet`` backbone).
 
@@ -162,6 +163,10 @@ def make_ensemble(paths: list[str | Path], slim: bool | None = None) -> dict[str
             "trained with their backbones free, so their backbones are not the same"
         )
     out = dict(first)
+    # the top level keeps only the shared backbone; heads and normalisers are the members'
+    out["state_dict"] = {
+        k: v for k, v in first["state_dict"].items() if k.startswith(BACKBONE_PREFIX)
+    }
     out["members"] = [
         {
             "state_dict": _non_backbone(ck["state_dict"]),
