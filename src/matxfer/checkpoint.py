@@ -457,7 +457,10 @@ def slim_checkpoint(ckpt: dict) -> dict:
         "weights": weights,
         "version": f"{package} {_package_version(package)}, weights {weights}",
         "sha256": digest,
-        "dtype": str(next(iter(stored.values())).dtype).removeprefix("torch.") if stored else "float32",
+        "dtype": next(
+            (str(v.dtype).removeprefix("torch.") for v in stored.values() if v.is_floating_point()),
+            "float32",
+        ),
     }
     rebuilt = backbone_sha256(build_reference_backbone(bb_cfg).state_dict())
     if rebuilt != digest:

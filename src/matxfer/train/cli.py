@@ -221,6 +221,8 @@ def inspect_checkpoint(path: str) -> dict:
     ck = load_checkpoint(path)
     sd = ck["state_dict"]
     n_params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())
+    for member in ck.get("members") or []:  # an ensemble's heads and normalisers
+        n_params += sum(v.numel() for v in member["state_dict"].values() if v.is_floating_point())
     split = ck.get("split") or {}
     prov = dict(ck.get("provenance", {}))
     frozen = prov.pop("frozen", [])
