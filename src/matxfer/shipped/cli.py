@@ -18,7 +18,8 @@ def _headline(metrics: dict) -> str:
     for target, m in (metrics or {}).items():
         if not isinstance(m, dict):
             continue
-        keys = [k for k in ("mae", "k_vrh_mae", "g_vrh_mae", "mean_eig_mae", "eij_max_mae", "r2")
+        keys = [k for k in ("mae", "mae_voigt", "k_vrh_mae", "g_vrh_mae", "mean_eig_mae",
+                            "eij_max_mae", "r2")
                 if isinstance(m.get(k), (int, float))]
         if keys:
             parts.append(f"{target}: " + ", ".join(f"{k}={m[k]:.4g}" for k in keys))
