@@ -15,6 +15,17 @@ Layout (``format_version`` 1)::
     metrics: {split: {task: {...}}}
     config: the full run config
 
+Optional keys:
+
+    backbone_ref: {name, package, package_version, weights, version, sha256, dtype}
+        a *slim* checkpoint (:func:`slim_checkpoint`): the frozen third-party backbone's
+        ``backbone.*`` tensors are not stored; on load the backbone is rebuilt from the
+        package's own weights and must hash to ``sha256`` (:func:`backbone_sha256`).
+    members: [{state_dict, seed, metrics, source}]
+        an ensemble (:func:`matxfer.models.ensemble.make_ensemble`): K heads and normalisers
+        (``state_dict`` without ``backbone.*``) over one shared frozen backbone; the
+        top-level ``state_dict`` then holds only the ``backbone.*`` tensors (none if slim).
+
 Nothing is pickled; configs are rebuilt through the registry.
 """
 
@@ -286,13 +297,17 @@ def migrate(ckpt: dict, path: str | Path = "checkpoint") -> dict:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint (``weights_only=True``) and migrate it to the current format.
 
+    ``path`` may also be the name of a shipped model (:func:`matxfer.shipped.resolve`).
+
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: the file is a directory, empty, truncated, not a torch file, holds
             pickled objects other than plain data, is not a matxfer checkpoint (missing
             keys) or has a format version this matxfer cannot read.
     """
-    path = Path(path).expanduser()
+    from matxfer.shipped import resolve
+
+    path = resolve(path)
     ckpt = read_torch_file(
         path,
         "checkpoint",
@@ -319,18 +334,251 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict):
-    """Rebuild the model of a checkpoint and load its weights (strict)."""
-    from matxfer.models.registry import build_model
-    from matxfer.tasks import Task
+# ----------------------------------------------------------------------------------------
+# third-party backbones stored by reference (slim checkpoints)
+# ----------------------------------------------------------------------------------------
 
-    tasks = {k: Task.from_dict(v) for k, v in ckpt["tasks"].items()}
-    model = build_model(ckpt["model_config"], tasks)
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+#: backbones rebuilt from a third-party package's own weights -> that package
+REFERENCE_BACKBONES = {"chgnet": "chgnet", "sevennet": "sevenn"}
+BACKBONE_PREFIX = "backbone."
+
+
+def backbone_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) of a backbone's state-dict tensors.
+
+    Definition: for each key in ``sorted(state)`` (keys relative to the backbone, i.e.
+    without ``backbone.``), the UTF-8 bytes of ``"<key>|<shape>|<kind>\n"`` are hashed,
+    where ``<shape>`` is ``",".join(map(str, tensor.shape))`` and ``<kind>`` is ``float64``
+    for floating-point tensors and the torch dtype name (e.g. ``int64``) otherwise, then
+    the tensor's bytes: floating-point tensors converted to float64 (exact for float32 and
+    float16, so the hash does not depend on the precision the model runs in) with -0.0
+    written as +0.0 (recomputed constants such as Wigner 3j buffers differ in the sign of
+    their zeros only), all others as they are; little-endian, C order.
+    """
+    import numpy as np
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu()
+        if t.is_floating_point():
+            kind = "float64"
+            arr = (t.to(torch.float64) + 0.0).contiguous().numpy()  # -0.0 -> +0.0
+        else:
+            kind = str(t.dtype).removeprefix("torch.")
+            arr = t.contiguous().numpy()
+        h.update(f"{key}|{','.join(map(str, t.shape))}|{kind}\n".encode())
+        h.update(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
+
+
+def _package_version(package: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return "absent"
+
+
+def _reference_config(bb_cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the backbone config that builds it from the package's pretrained weights, the
+    weights' name) for a ``chgnet`` or ``sevennet`` backbone config."""
+    name = bb_cfg.get("name")
+    if name == "chgnet":
+        weights = bb_cfg.get("initialized_from") or bb_cfg.get("weights")
+        if not weights:
+            raise ValueError("this chgnet backbone was not initialised from pretrained weights")
+        return {**bb_cfg, "weights": weights}, str(weights)
+    if name == "sevennet":
+        model = bb_cfg.get("initialized_from") or bb_cfg.get("model")
+        if not model:
+            raise ValueError("this sevennet backbone was not initialised from pretrained weights")
+        return {**bb_cfg, "model": model, "pretrained": True}, str(model)
+    raise ValueError(
+        f"backbone {name!r} is not a third-party pretrained backbone "
+        f"({sorted(REFERENCE_BACKBONES)}); it cannot be stored by reference"
+    )
+
+
+def build_reference_backbone(bb_cfg: dict[str, Any]):
+    """The third-party backbone of ``bb_cfg`` with the package's pretrained weights."""
+    from matxfer.models.registry import build_backbone
+
+    cfg, _ = _reference_config(bb_cfg)
+    return build_backbone(cfg)
+
+
+def backbone_is_frozen_in(ckpt: dict) -> bool:
+    """True when the checkpoint's provenance says its backbone was frozen in training
+    (recipe ``head``, or ``backbone.*`` parameters listed in ``provenance.frozen``; whether
+    all of them were is settled by :func:`slim_checkpoint`'s hash comparison)."""
+    prov = ckpt.get("provenance") or {}
+    if prov.get("recipe") == "head":
+        return True
+    return any(str(k).startswith(BACKBONE_PREFIX) for k in prov.get("frozen") or [])
+
+
+def slim_checkpoint(ckpt: dict) -> dict:
+    """The checkpoint without its frozen third-party backbone's tensors (``backbone_ref``).
+
+    The backbone must be ``chgnet`` or ``sevennet``, frozen in training (provenance), and
+    equal to the package's pretrained weights: it is rebuilt here and its hash compared, so
+    a slim checkpoint that would not load is never written. An already slim checkpoint is
+    returned unchanged.
+
+    Raises:
+        CheckpointError: another backbone, a backbone that was trained, or stored weights
+            that differ from the package's.
+    """
+    if ckpt.get("backbone_ref"):
+        return ckpt
+    bb_cfg = ckpt["model_config"]["backbone"]
+    name = bb_cfg.get("name")
+    if name not in REFERENCE_BACKBONES:
+        raise CheckpointError(
+            f"cannot slim a checkpoint with backbone {name!r}: only the third-party pretrained "
+            f"backbones {sorted(REFERENCE_BACKBONES)} can be stored by reference"
+        )
+    if not backbone_is_frozen_in(ckpt):
+        raise CheckpointError(
+            f"cannot slim this checkpoint: its {name} backbone was trained (recipe "
+            f"{(ckpt.get('provenance') or {}).get('recipe')!r}), so its weights are not the "
+            "package's; keep the full checkpoint"
+        )
+    sd = ckpt["state_dict"]
+    stored = {k[len(BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+    digest = backbone_sha256(stored)
+    _, weights = _reference_config(bb_cfg)
+    package = REFERENCE_BACKBONES[name]
+    ref = {
+        "name": name,
+        "package": package,
+        "package_version": _package_version(package),
+        "weights": weights,
+        "version": f"{package} {_package_version(package)}, weights {weights}",
+        "sha256": digest,
+        "dtype": next(
+            (str(v.dtype).removeprefix("torch.") for v in stored.values() if v.is_floating_point()),
+            "float32",
+        ),
+    }
+    rebuilt = backbone_sha256(build_reference_backbone(bb_cfg).state_dict())
+    if rebuilt != digest:
+        raise CheckpointError(
+            f"cannot slim this checkpoint: its stored {name} backbone (sha256 {digest}) is not "
+            f"the weights {ref['version']} give (sha256 {rebuilt}); keep the full checkpoint"
+        )
+    out = dict(ckpt)
+    out["state_dict"] = {k: v for k, v in sd.items() if not k.startswith(BACKBONE_PREFIX)}
+    out["backbone_ref"] = ref
+    return out
+
+
+def _reference_backbone(ckpt: dict):
+    """The backbone of a slim checkpoint rebuilt from its package, hash-checked."""
+    ref = ckpt["backbone_ref"]
+    bb_cfg = ckpt["model_config"]["backbone"]
+    try:
+        backbone = build_reference_backbone(bb_cfg)
+    except ImportError as exc:
+        raise CheckpointError(
+            f"this checkpoint stores its {ref.get('name')} backbone by reference "
+            f"({ref.get('version')}); the package is needed to rebuild it: {exc}"
+        ) from None
+    actual = backbone_sha256(backbone.state_dict())
+    if actual != ref.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint backbone_ref: the {ref.get('name')} backbone rebuilt from the installed "
+            f"{ref.get('package')} {_package_version(ref.get('package', ''))} (weights "
+            f"{ref.get('weights')}) has sha256 {actual}, the checkpoint expects "
+            f"{ref.get('sha256')} (written with {ref.get('version')}); install that version"
+        )
+    dtype = getattr(torch, str(ref.get("dtype") or "float32"))
+    if dtype != torch.float32:
+        backbone = backbone.to(dtype)
+    return backbone
+
+
+def full_checkpoint(ckpt: dict) -> dict:
+    """The checkpoint of one complete model, e.g. as the parent of a fine-tuning run: a slim
+    checkpoint gets its backbone tensors back from the package (hash-checked), an ensemble
+    becomes its first member. Any other checkpoint is returned unchanged."""
+    if not ckpt.get("backbone_ref") and not ckpt.get("members"):
+        return ckpt
+    out = {k: v for k, v in ckpt.items() if k not in ("backbone_ref", "members")}
+    state = dict(ckpt["state_dict"])
+    if ckpt.get("backbone_ref"):
+        backbone = _reference_backbone(ckpt)
+        state.update(
+            {BACKBONE_PREFIX + k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+        )
+    if ckpt.get("members"):
+        state.update(ckpt["members"][0]["state_dict"])
+    out["state_dict"] = state
+    return out
+
+
+def _model_on(backbone, model_cfg: dict, tasks: dict):
+    """A :class:`~matxfer.models.base.PropertyModel` of ``model_cfg``'s heads on an existing
+    backbone module (no second backbone is built)."""
+    from matxfer.models.base import PropertyModel
+    from matxfer.models.registry import _head_for_task, build_head, build_normalizer
+
+    heads_cfg = {t: _head_for_task(t, c, tasks[t]) for t, c in model_cfg["heads"].items()}
+    if set(heads_cfg) != set(tasks):
+        raise ValueError(
+            f"heads {sorted(heads_cfg)} do not match tasks {sorted(tasks)}: one head per task"
+        )
+    heads = torch.nn.ModuleDict({t: build_head(c, backbone.out_spec) for t, c in heads_cfg.items()})
+    norms = torch.nn.ModuleDict({t: build_normalizer(tasks[t]) for t in heads_cfg})
+    return PropertyModel(backbone, heads, norms, tasks)
+
+
+def _load_strict(model, state: dict) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint weights do not match the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    model.eval()
-    return model, tasks
+
+
+def model_from_checkpoint(ckpt: dict):
+    """Rebuild the model of a checkpoint and load its weights (strict).
+
+    A slim checkpoint's backbone is rebuilt from its package and hash-checked; a checkpoint
+    with ``members`` gives an :class:`~matxfer.models.ensemble.EnsembleModel`.
+
+    Raises:
+        CheckpointError: the rebuilt reference backbone's hash differs from the stored one.
+    """
+    from matxfer.models.registry import build_model
+    from matxfer.tasks import Task
+
+    tasks = {k: Task.from_dict(v) for k, v in ckpt["tasks"].items()}
+    members = ckpt.get("members")
+    if ckpt.get("backbone_ref"):
+        model = _model_on(_reference_backbone(ckpt), ckpt["model_config"], tasks)
+        state = {
+            **{BACKBONE_PREFIX + k: v for k, v in model.backbone.state_dict().items()},
+            **ckpt["state_dict"],
+        }
+    else:
+        model = build_model(ckpt["model_config"], tasks)
+        state = dict(ckpt["state_dict"])
+    if not members:
+        _load_strict(model, state)
+        model.eval()
+        return model, tasks
+    from matxfer.models.ensemble import EnsembleModel
+
+    backbone_state = {k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    built = []
+    for i, m in enumerate(members):
+        pm = model if i == 0 else _model_on(model.backbone, ckpt["model_config"], tasks)
+        _load_strict(pm, {**backbone_state, **m["state_dict"]})
+        pm.eval()
+        built.append(pm)
+    ens = EnsembleModel(built)
+    ens.eval()
+    return ens, tasks

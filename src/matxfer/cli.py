@@ -305,7 +305,9 @@ def _load_plugins() -> None:
     """Import modules that register further subcommands (training, studies, import...)."""
     import importlib
 
-    for mod in ("matxfer.train.cli", "matxfer.study.cli", "matxfer.pretrained.cli"):
+    for mod in (
+        "matxfer.train.cli", "matxfer.study.cli", "matxfer.pretrained.cli", "matxfer.shipped.cli"
+    ):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -1,9 +1,14 @@
 """Predict with a checkpoint on user structures (CIF, POSCAR, pymatgen JSON, extended XYZ).
 
 For every structure and task: the Cartesian tensor, its Voigt form and derived quantities
-(elastic: K_VRH, G_VRH, mechanical stability; dielectric: mean eigenvalue; piezo: eij_max),
-the scalar value, or per-atom values (Born charges; forces with their largest norm). Unreadable inputs are reported with the file and the reason; one bad
-file never stops the others.
+(elastic: K_VRH, G_VRH, Young's modulus, Poisson ratio, universal anisotropy, Born
+stability; dielectric: eigenvalues, their mean and anisotropy; piezo: eij_max and its
+direction), the scalar value, or per-atom values (Born charges; forces with their largest
+norm). With an ensemble checkpoint every number has its standard deviation across members
+beside it (``<name>_std``). Crystals with elements the training data never had are named
+with a warning (column ``unseen_elements``; for checkpoints that record their training
+elements). Unreadable inputs are reported with the file and the reason; one bad file never
+stops the others.
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, symprec: float | None = 0.01) -> Predictor:
+        """Load a checkpoint file, or a shipped model by name (``matxfer models``)."""
         from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
         from matxfer.data.atom_features import AtomFeaturizer
         from matxfer.data.graphs import GraphSettings
@@ -174,6 +180,38 @@ class Predictor:
         settings = GraphSettings.from_dict(ckpt["graph"])
         feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
         return cls(model, tasks, settings, feat, ckpt, symprec)
+
+    @classmethod
+    def from_pretrained(cls, name: str, symprec: float | None = 0.01) -> Predictor:
+        """A shipped model by name, e.g. ``Predictor.from_pretrained("elastic")``."""
+        return cls.from_checkpoint(name, symprec=symprec)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return hasattr(self.model, "predict_members")
+
+    @property
+    def train_elements(self) -> set[str] | None:
+        """Elements of the training crystals, None when the checkpoint does not record them."""
+        elements = (self.ckpt.get("provenance") or {}).get("train_elements")
+        return set(elements) if elements else None
+
+    def unseen_elements(self, structure: Structure, name: str = "") -> list[str] | None:
+        """Elements of ``structure`` absent from the training data (warns), or None when the
+        checkpoint does not record its training elements."""
+        known = self.train_elements
+        if known is None:
+            return None
+        unseen = sorted(
+            {e.symbol for e in structure.composition.element_composition} - known
+        )
+        if unseen:
+            log.warning(
+                "%s: element(s) %s never occur in the training data of this model; its "
+                "prediction is an extrapolation (column unseen_elements)",
+                name or structure.composition.reduced_formula, ", ".join(unseen),
+            )
+        return unseen
 
     def graph(self, structure: Structure, name: str = ""):
         from matxfer.data.graphs import structure_to_graph
@@ -187,33 +225,57 @@ class Predictor:
     def predict_structures(
         self, structures: list[Structure], names: list[str] | None = None, batch_size: int = 32
     ) -> list[dict[str, Any]]:
-        """Predictions with derived quantities for each structure (same order)."""
+        """Predictions with derived quantities for each structure (same order).
+
+        With an ensemble, values are the mean over members (derived quantities are those of
+        the mean tensor) and each number has ``<name>_std`` (across members) beside it.
+        """
         from matxfer.train.loop import predict_graphs
 
         names = names or [s.composition.reduced_formula for s in structures]
         graphs = [self.graph(s, n) for s, n in zip(structures, names)]
         isolated = [self.isolated(s, n) for s, n in zip(structures, names)]
-        raw = predict_graphs(self.model, graphs, batch_size)
+        unseen = [self.unseen_elements(s, n) for s, n in zip(structures, names)]
+        members = None
+        if self.is_ensemble:
+            members = predict_members_graphs(self.model, graphs, batch_size)
+            raw = [{k: v.mean(0) for k, v in m.items()} for m in members]
+        else:
+            raw = predict_graphs(self.model, graphs, batch_size)
         tensor_formulas = {k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR}
         symmetry: list[dict[str, Any]] = [{} for _ in graphs]
         if self.symprec is not None and tensor_formulas:
-            from matxfer.symmetry import project_predictions
+            from matxfer.symmetry import project, project_predictions
 
             groups = project_predictions(raw, graphs, tensor_formulas, self.symprec)
             symmetry = [
                 {"symmetry": {"point_group": pg.symbol, "symprec": pg.symprec, "projected": True}}
                 for pg in groups
             ]
-        return [
-            {
+            if members is not None:
+                for m, pg in zip(members, groups):
+                    for name in tensor_formulas:
+                        m[name] = np.stack([project(x, pg.rotations) for x in m[name]])
+        out = []
+        for i, (n, s, iso, r, sym) in enumerate(zip(names, structures, isolated, raw, symmetry)):
+            row = {
                 "name": n,
                 "formula": s.composition.reduced_formula,
                 "isolated_atoms": len(iso),
-                **sym,
-                **self.describe(r),
             }
-            for n, s, iso, r, sym in zip(names, structures, isolated, raw, symmetry)
-        ]
+            if unseen[i] is not None:
+                row["unseen_elements"] = unseen[i]
+            if members is not None:
+                row["ensemble_members"] = int(next(iter(members[i].values())).shape[0])
+            row.update(sym)
+            desc = self.describe(r)
+            if members is not None:
+                k = next(iter(members[i].values())).shape[0]
+                per = [self.describe({t: v[j] for t, v in members[i].items()}) for j in range(k)]
+                desc = add_member_std(desc, per)
+            row.update(desc)
+            out.append(row)
+        return out
 
     def isolated(self, structure: Structure, name: str = "") -> list[int]:
         """Atoms with no neighbour within the graph cutoff; logs a warning naming them."""
@@ -234,13 +296,7 @@ class Predictor:
         return iso
 
     def describe(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
-        from matxfer.tensors import (
-            cartesian_to_voigt,
-            eij_max,
-            elastic_moduli,
-            is_positive_definite,
-            mean_eigenvalue,
-        )
+        from matxfer.tensors import cartesian_to_voigt
 
         out: dict[str, Any] = {}
         for name, task in self.tasks.items():
@@ -257,17 +313,148 @@ class Predictor:
                 continue
             entry: dict[str, Any] = {"cartesian": val.tolist(), "units": task.units}
             entry["voigt"] = cartesian_to_voigt(val).tolist()
-            if task.formula == "ijkl=jikl=klij":
-                m = elastic_moduli(val)
-                entry["k_vrh"] = float(m["k_vrh"])
-                entry["g_vrh"] = float(m["g_vrh"])
-                entry["mechanically_stable"] = bool(is_positive_definite(val))
-            elif task.formula == "ij=ji":
-                entry["mean_eigenvalue"] = float(mean_eigenvalue(val))
-            elif task.formula == "ijk=ikj":
-                entry["eij_max"] = float(eij_max(val))
+            entry.update(derived_quantities(val, task.formula))
             out[name] = entry
         return out
+
+
+def elastic_quantities(c: np.ndarray) -> dict[str, Any]:
+    """K_VRH, G_VRH, Young's modulus (from K and G, tensor units), homogeneous Poisson ratio,
+    universal anisotropy (pymatgen's ``ElasticTensor``) and Born stability (the 6x6 Voigt
+    matrix positive definite) of a ``(3, 3, 3, 3)`` stiffness tensor. Quantities that are
+    undefined for the tensor (e.g. the anisotropy of a singular one) are NaN."""
+    from pymatgen.analysis.elasticity import ElasticTensor
+
+    from matxfer.tensors import elastic_moduli, is_positive_definite
+
+    m = elastic_moduli(c)
+    k, g = float(m["k_vrh"]), float(m["g_vrh"])
+    et = ElasticTensor(np.asarray(c, dtype=float))
+    with np.errstate(all="ignore"):
+        young = 9.0 * k * g / (3.0 * k + g) if (3.0 * k + g) != 0 else float("nan")
+        try:
+            poisson = float(et.homogeneous_poisson)
+        except (ZeroDivisionError, FloatingPointError, ValueError):
+            poisson = float("nan")
+        try:
+            anisotropy = float(et.universal_anisotropy)
+        except (ZeroDivisionError, FloatingPointError, ValueError, np.linalg.LinAlgError):
+            anisotropy = float("nan")
+    return {
+        "k_vrh": k,
+        "g_vrh": g,
+        "y_mod": float(young),
+        "homogeneous_poisson": poisson,
+        "universal_anisotropy": anisotropy,
+        "mechanically_stable": bool(is_positive_definite(c)),
+    }
+
+
+def dielectric_quantities(eps: np.ndarray) -> dict[str, Any]:
+    """Eigenvalues (ascending), their mean and the anisotropy max/min eigenvalue (NaN when
+    the smallest is not positive) of a symmetric ``(3, 3)`` tensor."""
+    eig = np.linalg.eigvalsh(0.5 * (eps + np.swapaxes(eps, -1, -2)))
+    lo, hi = float(eig[0]), float(eig[-1])
+    return {
+        "eigenvalues": [float(x) for x in eig],
+        "mean_eigenvalue": float(eig.mean()),
+        "anisotropy": hi / lo if lo > 0 else float("nan"),
+    }
+
+
+def piezo_quantities(e: np.ndarray) -> dict[str, Any]:
+    """eij_max (de Jong 2015 convention) and the unit direction reaching it."""
+    from matxfer.tensors import eij_max
+
+    value, direction = eij_max(e, return_direction=True)
+    return {"eij_max": float(value), "eij_max_direction": [float(x) for x in direction]}
+
+
+def derived_quantities(val: np.ndarray, formula: str) -> dict[str, Any]:
+    """The derived quantities of a crystal tensor with index ``formula`` (none for others)."""
+    if formula == "ijkl=jikl=klij":
+        return elastic_quantities(val)
+    if formula == "ij=ji":
+        return dielectric_quantities(val)
+    if formula == "ijk=ikj":
+        return piezo_quantities(val)
+    return {}
+
+
+def _std_of(values: list) -> Any:
+    """Standard deviation across members of numbers or equal-shaped lists (None otherwise)."""
+    if all(isinstance(v, bool) for v in values):
+        return None
+    if all(isinstance(v, (int, float)) for v in values):
+        return float(np.std(np.asarray(values, dtype=float)))
+    if all(isinstance(v, list) for v in values):
+        try:
+            return np.std(np.asarray(values, dtype=float), axis=0).tolist()
+        except ValueError:
+            return None
+    return None
+
+
+#: entries of a tensor result that get no ``_std`` (unit names, a direction's sign is arbitrary)
+_NO_STD = {"units", "eij_max_direction", "voigt"}
+
+
+def add_member_std(mean: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+    """``mean`` (one structure's :meth:`Predictor.describe`) with ``<key>_std`` across the
+    members' descriptions beside every number and tensor; booleans get the fraction of
+    members where they hold (``<key>_fraction``)."""
+    out: dict[str, Any] = {}
+    for name, value in mean.items():
+        vals = [m[name] for m in members]
+        if isinstance(value, dict):
+            entry = dict(value)
+            for key, v in value.items():
+                if key in _NO_STD:
+                    continue
+                mv = [m[name][key] for m in members]
+                if isinstance(v, bool):
+                    entry[f"{key}_fraction"] = float(np.mean([bool(x) for x in mv]))
+                    continue
+                std = _std_of(mv)
+                if std is not None:
+                    entry[f"{key}_std"] = std
+            out[name] = entry
+        else:
+            out[name] = value
+            std = _std_of(vals)
+            if std is not None:
+                out[f"{name}_std"] = std
+    return out
+
+
+def predict_members_graphs(model, graphs, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Each member's physical-unit prediction for each graph: task -> ``[K, ...]`` (the
+    backbone runs once per batch)."""
+    import torch
+    from torch_geometric.loader import DataLoader
+
+    from matxfer import keys as K
+
+    model.eval()
+    results: list[dict[str, np.ndarray]] = []
+    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
+        conservative = any(getattr(h, "conservative", False) for h in model.heads.values())
+        with torch.enable_grad() if conservative else torch.no_grad():
+            pred = model.predict_members(batch)
+        counts = torch.bincount(batch[K.BATCH], minlength=batch.num_graphs).tolist()
+        per_graph: list[dict[str, np.ndarray]] = [{} for _ in range(batch.num_graphs)]
+        for name, val in pred.items():
+            val = val.detach().cpu().double().numpy()
+            if not getattr(model.heads[name], "per_atom", False):
+                for i in range(batch.num_graphs):
+                    per_graph[i][name] = val[:, i]
+            else:
+                start = 0
+                for i, c in enumerate(counts):
+                    per_graph[i][name] = val[:, start : start + c]
+                    start += c
+        results.extend(per_graph)
+    return results
 
 
 def predict_files(

@@ -39,7 +39,10 @@ def cmd_train(args) -> int:
 
 def _add_finetune(p: argparse.ArgumentParser) -> None:
     _add_train(p)
-    p.add_argument("--init-from", default=None, help="pretrained checkpoint (or transfer.init_from)")
+    p.add_argument(
+        "--init-from", default=None,
+        help="pretrained checkpoint or shipped model name (or transfer.init_from)",
+    )
     p.add_argument("--recipe", default=None, help="scratch | head | full | freeze:K")
 
 
@@ -52,8 +55,11 @@ def cmd_finetune(args) -> int:
     return _run_fit(args, "finetune", extra)
 
 
+_CKPT_HELP = "checkpoint file, or the name of a shipped model (matxfer models)"
+
+
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=_CKPT_HELP)
     p.add_argument("--data", required=True, help="dataset name (matxfer data list)")
     p.add_argument("--split", choices=["test", "val", "train", "all"], default="test")
     p.add_argument("--json", action="store_true")
@@ -184,7 +190,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=_CKPT_HELP)
     p.add_argument("inputs", nargs="+", help="CIF/POSCAR/pymatgen-JSON/extended-XYZ files or folders")
     p.add_argument("--out", required=True, help="FILE.json or FILE.csv")
     _add_symmetry_args(p)
@@ -205,7 +211,7 @@ def cmd_predict(args) -> int:
 
 
 def _add_inspect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=_CKPT_HELP)
     p.add_argument("--json", action="store_true")
 
 
@@ -215,6 +221,8 @@ def inspect_checkpoint(path: str) -> dict:
     ck = load_checkpoint(path)
     sd = ck["state_dict"]
     n_params = sum(v.numel() for k, v in sd.items() if v.is_floating_point())
+    for member in ck.get("members") or []:  # an ensemble's heads and normalisers
+        n_params += sum(v.numel() for v in member["state_dict"].values() if v.is_floating_point())
     split = ck.get("split") or {}
     prov = dict(ck.get("provenance", {}))
     frozen = prov.pop("frozen", [])
@@ -233,6 +241,8 @@ def inspect_checkpoint(path: str) -> dict:
         "n_values": n_params,
         "split_sizes": {k: len(v) for k, v in split.items() if isinstance(v, list)},
         "frozen_parameters": len(frozen),
+        "backbone_ref": ck.get("backbone_ref"),
+        "members": len(ck.get("members") or []) or None,
         "provenance": prov,
         "metrics": ck.get("metrics", {}),
     }

@@ -807,7 +807,9 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
         train_means = train_label_means(tasks, data.train_records())
         if parent is not None:
             provenance["parent"] = str(cfg.transfer.init_from)
-            provenance["parent_sha256"] = file_sha256(cfg.transfer.init_from)
+            from matxfer.shipped import resolve
+
+            provenance["parent_sha256"] = file_sha256(resolve(cfg.transfer.init_from))
         provenance.update(
             {
                 "data_fingerprint": data.fingerprint,
@@ -816,6 +818,14 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
                 "command": command,
                 "seed": cfg.seed,
                 "train_label_means": {k: v.tolist() for k, v in train_means.items()},
+                # elements of the training crystals (prediction warns about others)
+                "train_elements": sorted(
+                    {
+                        e.symbol
+                        for r in data.train_records()
+                        for e in r.structure.composition.element_composition
+                    }
+                ),
                 "symprec": cfg.trainer.symprec,
             }
         )

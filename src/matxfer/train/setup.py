@@ -125,6 +125,11 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
 
     provenance: dict[str, Any] = {}
     user_bb = dict(cfg.model.get("backbone") or {})
+    if parent is not None and (parent.get("backbone_ref") or parent.get("members")):
+        from matxfer.checkpoint import full_checkpoint
+
+        # a shipped parent: backbone from its package, the first member of an ensemble
+        parent = full_checkpoint(parent)
     if parent is not None:
         bb_cfg = dict(parent["model_config"]["backbone"])
         for k, v in user_bb.items():
