@@ -81,7 +81,12 @@ def test_only_dielectric_and_elastic_tensors_take_it():
 def test_model_with_log_isotropic_round_trips_through_a_checkpoint(tmp_path, nacl, zno):
     from torch_geometric.data import Batch
 
-    from matxfer.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+    from matxfer.checkpoint import (
+        build_checkpoint,
+        load_checkpoint,
+        model_from_checkpoint,
+        save_checkpoint,
+    )
     from matxfer.data.graphs import GraphSettings, structure_to_graph
     from matxfer.models.registry import build_model
 
