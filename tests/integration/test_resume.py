@@ -40,8 +40,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _assert_identical(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
 
 
 def _env() -> dict[str, str]:
@@ -175,6 +175,7 @@ def test_csv_log_of_an_interrupted_run_is_moved_aside_and_merged_back(tmp_path):
     text = _stash_csv_log(logs)
     (logs / "metrics.csv").write_text("epoch,step,val_loss,train_loss\n2,12,0.5,\n2,12,,0.45\n3,16,0.4,\n")
     _merge_csv_logs(logs / "metrics.csv", text, start_epoch=2)
-    rows = list(csv.DictReader(open(logs / "metrics.csv")))
+    with open(logs / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "0", "1", "1", "2", "2", "3"]
     assert {"train_loss", "val_loss"} <= set(rows[0])

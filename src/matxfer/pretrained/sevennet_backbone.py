@@ -77,10 +77,10 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.errors import MissingDependencyError
 from matxfer.models.base import Backbone
 from matxfer.models.registry import register_backbone
 from matxfer.nn.pooling import graph_index
-from matxfer.errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
