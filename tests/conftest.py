@@ -19,6 +19,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("MATXFER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture
+def f64():
+    """float64 default dtype for the duration of one test (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The real dataset directory; tests using it are skipped (with a message) if absent."""

@@ -173,7 +173,10 @@ class IrrepsNormalizer(nn.Module):
         if not bool(torch.isfinite(t).all()):
             raise ValueError("cannot fit a normaliser on non-finite tensors")
         _, q64 = _basis(self.formula)
-        x = (t.reshape(-1, 3**self.rank) @ q64.T).reshape(-1, self.dim)
+        return self._fit_blocks((t.reshape(-1, 3**self.rank) @ q64.T).reshape(-1, self.dim))
+
+    def _fit_blocks(self, x: Tensor) -> IrrepsNormalizer:
+        """Block means (``l = 0``) and RMS block scales of coordinates ``x [N, dim]``."""
         mean = torch.zeros(self.dim, dtype=torch.float64)
         scale = torch.ones(self.dim, dtype=torch.float64)
         typical = float(x.abs().max()) if x.numel() else 0.0
@@ -353,19 +356,7 @@ class LogIsotropicNormalizer(IrrepsNormalizer):
             x = self.from_cartesian(t)
         finally:
             self.Q, self.iso_to_x, self.x_to_iso = keep
-        mean = torch.zeros(self.dim, dtype=torch.float64)
-        scale = torch.ones(self.dim, dtype=torch.float64)
-        for sl, (_, ir) in zip(self._block_slices(), self._blocks()):
-            block = x[:, sl]
-            if ir.l == 0:
-                mean[sl] = block.mean()
-                block = block - mean[sl]
-            rms = float(block.pow(2).sum(-1).mean().sqrt())
-            scale[sl] = rms if rms > 1e-12 else 1.0
-        self.mean.copy_(mean.to(self.mean.dtype))
-        self.scale.copy_(scale.to(self.scale.dtype))
-        self.count.fill_(x.shape[0])
-        return self
+        return self._fit_blocks(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", parameterization='log_isotropic'"

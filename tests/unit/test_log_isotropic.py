@@ -13,14 +13,6 @@ from matxfer.tasks import make_task
 from matxfer.tensors import elastic_moduli, rotate, voigt_to_cartesian
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _dielectric(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(n, 3, 3, generator=g)

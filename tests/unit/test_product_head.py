@@ -13,13 +13,6 @@ from matxfer.models.heads.tensor import ProductTensorHead
 SEVENNET_LIKE = "16x0e+8x1o+4x2e"  # no l = 3, as SevenNet-0's features
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
 
 @pytest.mark.parametrize("formula", ["ij=ji", "ijk=ikj", "ijkl=jikl=klij"])
 def test_equivariant_under_proper_and_improper_rotations(f64, formula):

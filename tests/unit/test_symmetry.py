@@ -64,16 +64,6 @@ LETTERS = "abcd"
 ATOL = 1e-9  # float64 tolerance relative to O(1) outputs
 
 
-@pytest.fixture
-def f64():
-    """float64 default dtype for the duration of one test (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
 
 def _fit_normalizers(model, seed: int = 0) -> None:
     """Non-trivial normalisers (random means/scales) so de-normalisation is tested too."""

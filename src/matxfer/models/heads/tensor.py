@@ -273,13 +273,7 @@ class ProductTensorHead(_CartesianHead):
         self.lin = o3.Linear(irreps_in, self.lin_out, biases=True) if lin_types else None
         pooled = prod_out + self.lin_out if lin_types else prod_out
         self._pooled_irreps = pooled
-        self.irreps_out, q = cartesian_basis(formula)
-        self.formula = formula
-        self.rank = formula_rank(formula)
-        self.register_buffer("Q", q.to(torch.get_default_dtype()), persistent=False)
-        if hidden_irreps == "auto":
-            hidden_irreps = default_hidden(self.irreps_out)
-        self.map = IrrepsMap(pooled, self.irreps_out, hidden_irreps)
+        hidden_irreps = self._setup(pooled, formula, hidden_irreps)
         self.config = {"formula": formula, "mul": mul, "product_mul": product_mul,
                        "hidden_irreps": hidden_irreps, "reduce": reduce}
 
