@@ -573,9 +573,26 @@ class StudyRunner:
 # ----------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to end this worker when the study process ends (Linux), so a killed
+    study does not leave workers training cells into its directory."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - libc without prctl
+        log.debug("could not tie the worker's lifetime to the study process")
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(int(threads))
     os.environ.setdefault("MATXFER_PROGRESS", "0")
     logging.getLogger("matxfer").setLevel(logging.INFO)
