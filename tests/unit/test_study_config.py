@@ -186,3 +186,17 @@ def test_recipe_head_per_label(tmp_path):
     assert not raw.get("model", {}).get("heads")  # band_gap keeps its default head
     with pytest.raises(ValueError, match="mapping from label"):
         _study(recipes=[{"name": "h", "kind": "head", "pretrained": "pre", "head": {"x": 1}}])
+
+
+def test_bad_recipe_override_fails_before_anything_is_pretrained(tmp_path, monkeypatch):
+    st = _study(recipes=[{"name": "head", "kind": "head", "pretrained": "pre",
+                          "overrides": ["optim.epochs=abc"]}])
+    runner = StudyRunner(st, tmp_path)
+    pretrained = []
+    monkeypatch.setattr(runner, "pretrain_one", lambda spec: pretrained.append(spec) or {})
+    with pytest.raises(ValueError, match=r"recipe 'head' on target 'gap'.*optim\.epochs.*abc"):
+        runner.run(progress=False)
+    assert pretrained == []
+    good = StudyRunner(_study(), tmp_path / "good")
+    good.check_cell_configs()  # a valid study passes
+    assert good.pretrained == {}

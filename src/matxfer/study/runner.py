@@ -463,6 +463,28 @@ class StudyRunner:
         with StudyLock(self.out):
             return self._run(progress)
 
+    def check_cell_configs(self) -> None:
+        """Parse every target x recipe cell config (types, ranges, unknown keys, each recipe's
+        overrides) before anything is pretrained or trained, so a typo fails in seconds.
+
+        Raises:
+            ValueError: naming the recipe, the target and the problem.
+        """
+        saved = self.pretrained
+        self.pretrained = {p.name: {"checkpoint": f"<pretrained {p.name}>"} for p in self.study.pretrain}
+        try:
+            for target in self.study.targets:
+                for recipe in self.study.recipes:
+                    try:
+                        raw = self.cell_raw(target, recipe, 1, self.study.seeds[0], self.out / "_check")
+                        config_from_dict(raw)
+                    except ValueError as exc:
+                        raise ValueError(
+                            f"recipe {recipe.name!r} on target {target.name!r}: {exc}"
+                        ) from exc
+        finally:
+            self.pretrained = saved
+
     def _run(self, progress: bool) -> Path:
         from matxfer.progress import progress_bar
 
@@ -471,6 +493,7 @@ class StudyRunner:
         handler = logging.FileHandler(self.out / "study.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("matxfer").addHandler(handler)
+        self.check_cell_configs()
         pool = self._pool() if self.jobs > 1 else None
         try:
             self.run_pretraining(pool)
