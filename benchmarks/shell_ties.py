@@ -33,17 +33,11 @@ def _vectors(structure, nl) -> dict[int, np.ndarray]:
     return {i: vec[nl.dst == i] for i in range(len(structure))}
 
 
-def _keeps_point_group(structure, nl, rotations) -> bool:
-    """Each atom's neighbour-vector multiset is invariant under the site-symmetry part of
-    the point group (checked for every operation that maps the atom's vector set onto
-    itself in the whole-shell graph: the cut graph must do the same)."""
-    vecs = _vectors(structure, nl)
-    for i, v in vecs.items():
-        for r in rotations:
-            rv = v @ r.T
-            if not all(np.abs(rv - x).max(axis=1).min() < 1e-4 for x in v):
-                return False
-    return True
+def _invariant(vecs: dict[int, np.ndarray], r: np.ndarray) -> bool:
+    """Every atom's neighbour-vector set maps onto itself under the rotation ``r``."""
+    return all(
+        all(np.abs(v @ r.T - x).max(axis=1).min() < 1e-4 for x in v) for v in vecs.values()
+    )
 
 
 def main() -> None:
@@ -53,6 +47,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from matxfer.data.graphs import neighbor_list
     from matxfer.data.registry import load_dataset
+    from matxfer.symmetry import structure_point_group
 
     out = {"protocol": {"cutoff": 8.0, "max_neighbors": 12}, "datasets": {}}
     for name in DATASETS:
@@ -66,18 +61,11 @@ def main() -> None:
             if len(whole.src) != len(cut.src):
                 affected += 1
                 extra_edges.append(len(whole.src) - len(cut.src))
-                # site symmetry: operations of the whole-shell graph's vector sets
-                wv = _vectors(s, whole)
-                site_ops = []
-                from matxfer.symmetry import structure_point_group
-
-                for q in structure_point_group(s).rotations:
-                    if all(
-                        all(np.abs(v @ q.T - x).max(axis=1).min() < 1e-4 for x in v)
-                        for v in wv.values()
-                    ):
-                        site_ops.append(q)
-                if not _keeps_point_group(s, cut, site_ops):
+                # the site symmetry the whole-shell graph keeps (operations leaving every atom's
+                # neighbour set invariant): the cut graph must keep it too
+                wv, cv = _vectors(s, whole), _vectors(s, cut)
+                site_ops = [q for q in structure_point_group(s).rotations if _invariant(wv, q)]
+                if not all(_invariant(cv, q) for q in site_ops):
                     sym_broken += 1
         out["datasets"][name] = {
             "n": len(recs),

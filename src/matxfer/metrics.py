@@ -31,12 +31,16 @@ EWT_THRESHOLDS = (0.25, 0.10, 0.05)
 NONZERO_TOL = 1e-6
 
 
+#: formulas whose datasets store the Voigt form (piezo 3x6, elastic 6x6); others stay Cartesian
+_VOIGT_STORED = ("ijk=ikj", "ijkl=jikl=klij")
+
+
 def stored_layout(t: np.ndarray, formula: str) -> np.ndarray:
     """Tensors ``[n, 3, ...]`` in the layout datasets store them: 3x3 (rank 2, kept
     Cartesian), Voigt 3x6 (piezo) or Voigt 6x6 (elastic); other formulas unchanged."""
     from matxfer.tensors import cartesian_to_voigt
 
-    if formula in ("ijk=ikj", "ijkl=jikl=klij"):
+    if formula in _VOIGT_STORED:
         return np.stack([cartesian_to_voigt(x) for x in t]) if len(t) else t
     return t
 
@@ -116,7 +120,10 @@ def tensor_metrics(
         out["mae_voigt"] = float(np.abs(pv - tv).mean())
     else:
         out["mae"] = float(np.abs(pred - true).mean())
-    pl, tl = stored_layout(pred, formula), stored_layout(true, formula)
+    if formula in _VOIGT_STORED:  # the stored layout is the Voigt form computed above
+        pl, tl = pv, tv
+    else:
+        pl, tl = stored_layout(pred, formula), stored_layout(true, formula)
     out.update(_norm_metrics(pl, tl))
     if forbidden is not None:
         fb = np.asarray(forbidden, dtype=bool)

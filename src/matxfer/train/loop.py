@@ -432,6 +432,28 @@ def _start_at_epoch(trainer, epoch: int, global_step: int) -> None:
 STASHED_CSV = "metrics.before_resume.csv"
 
 
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _csv_text(rows: list[dict[str, str]]) -> str:
+    """CSV of ``rows`` under the union of their columns (first-seen order)."""
+    import csv
+    import io
+
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def _stash_csv_log(logs: Path) -> str | None:
     """Move the CSV log of an interrupted run aside before resuming, and return its text.
 
@@ -440,49 +462,26 @@ def _stash_csv_log(logs: Path) -> str | None:
     :data:`STASHED_CSV` (rows of an earlier stash, left by a run interrupted again before
     its merge, come first) and merged back after the fit (:func:`_merge_csv_logs`).
     """
-    import csv
-    import io
-
     texts = [p.read_text() for p in (logs / STASHED_CSV, logs / "metrics.csv") if p.is_file()]
     if not texts:
         return None
-    rows, fields = [], []
-    for text in texts:
-        for r in csv.DictReader(io.StringIO(text)):
-            rows.append(r)
-            fields.extend(k for k in r if k not in fields)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    (logs / STASHED_CSV).write_text(buf.getvalue())
+    text = _csv_text([r for t in texts for r in _csv_rows(t)])
+    (logs / STASHED_CSV).write_text(text)
     (logs / "metrics.csv").unlink(missing_ok=True)
-    return buf.getvalue()
+    return text
 
 
 def _merge_csv_logs(path: Path, earlier: str | None, start_epoch: int) -> None:
     """Put back the rows of the epochs before a resume (Lightning's CSV logger restarts its file)."""
-    import csv
-    import io
-
     if not earlier:
         return
     old_rows = [
         r
-        for r in csv.DictReader(io.StringIO(earlier))
+        for r in _csv_rows(earlier)
         if r.get("epoch") not in (None, "") and int(float(r["epoch"])) < start_epoch
     ]
-    new_rows = []
-    if path.is_file():
-        with open(path, newline="") as fh:
-            new_rows = list(csv.DictReader(fh))
-    fields: list[str] = []
-    for r in old_rows + new_rows:
-        fields.extend(k for k in r if k not in fields)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(old_rows + new_rows)
+    new_rows = _csv_rows(path.read_text()) if path.is_file() else []
+    path.write_text(_csv_text(old_rows + new_rows))
 
 
 # ----------------------------------------------------------------------------------------
