@@ -30,12 +30,16 @@ class SplitConfig:
         seed: split seed (ids are ranked by a hash of seed and id).
         sizes: absolute train/val/test sizes instead (None entries take the rest).
         file: a saved split (JSON with train/val/test id lists) to use as is.
+        stratify: ``none``, or ``crystal_system``: each crystal system (spglib, 0.1 Angstrom)
+            is split with ``fractions`` on its own, so test and validation hold every system
+            in its share.
     """
 
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     sizes: tuple[int | None, int | None, int | None] | None = None
     file: str | None = None
+    stratify: str = "none"
 
 
 @dataclass
@@ -218,6 +222,7 @@ RULES: dict[tuple[type, str], tuple[Callable[[Any], bool], str]] = {
         "3 fractions (train, val, test), each in [0, 1], summing to 1",
     ),
     (SplitConfig, "sizes"): (lambda v: all(x is None or x >= 0 for x in v), "3 sizes >= 0 or null"),
+    (SplitConfig, "stratify"): (lambda v: v in ("none", "crystal_system"), "one of none, crystal_system"),
     (DataConfig, "limit"): _GE1,
     (DataConfig, "train_size"): _GE1,
     (DataConfig, "sampler"): (lambda v: v in ("uniform", "balanced"), "one of uniform, balanced"),

@@ -28,6 +28,19 @@ DEFAULT_SYMPREC = 0.01
 
 _ROT_TOL = 1e-6
 
+#: spglib tolerance (Angstrom) used to name a crystal's system for splits and reports
+SYSTEM_SYMPREC = 0.1
+
+
+def crystal_system(structure, symprec: float = SYSTEM_SYMPREC) -> str:
+    """The crystal system (``cubic``, ..., ``triclinic``) of a structure, or ``unknown``."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        return SpacegroupAnalyzer(structure, symprec=symprec).get_crystal_system()
+    except Exception:  # noqa: BLE001 - spglib failures are reported as a category
+        return "unknown"
+
 
 class PointGroup(NamedTuple):
     """A crystal's point group in the Cartesian frame of its structure."""

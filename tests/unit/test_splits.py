@@ -40,3 +40,40 @@ def test_overlap_and_subsample():
     assert set(small) <= set(big)
     with pytest.raises(ValueError):
         subsample(ids, 101, 0)
+
+
+def test_stratified_split_gives_every_group_its_share():
+    ids = [f"mp-{i}" for i in range(400)]
+    # a rare group (10 ids) and a large one: a plain split can miss the rare one in test
+    groups = {i: ("rare" if k < 10 else "common") for k, i in enumerate(ids)}
+    s = split_ids(ids, (0.8, 0.1, 0.1), seed=3, groups=groups)
+    s.check_disjoint()
+    assert sorted(s.train + s.val + s.test) == sorted(ids)
+    for part, frac in ((s.test, 0.1), (s.val, 0.1), (s.train, 0.8)):
+        for g, n in (("rare", 10), ("common", 390)):
+            got = sum(groups[i] == g for i in part)
+            assert abs(got - frac * n) <= 1, (g, got, frac * n)
+    # deterministic, and independent of input order
+    assert split_ids(list(reversed(ids)), (0.8, 0.1, 0.1), seed=3, groups=groups) == s
+    with pytest.raises(ValueError, match="fractions, not sizes"):
+        split_ids(ids, sizes=(10, 10, None), groups=groups)
+
+
+def test_stratified_split_by_crystal_system_from_config():
+    from pymatgen.core import Lattice, Structure
+
+    from matxfer.config import DataConfig, SplitConfig
+    from matxfer.data.records import CrystalRecord
+    from matxfer.train.data import make_split
+
+    cubic = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    tetra = Structure(Lattice.tetragonal(4.0, 5.5), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    records = {}
+    for k in range(60):
+        mid = f"id-{k}"
+        records[mid] = CrystalRecord(mid, cubic if k % 6 else tetra, {})
+    cfg = DataConfig(split=SplitConfig(fractions=(0.5, 0.25, 0.25), stratify="crystal_system"))
+    s = make_split(cfg, sorted(records), records)
+    tet = {m for m, r in records.items() if r.structure is tetra}
+    assert len(tet) == 10
+    assert [sum(i in tet for i in p) for p in (s.train, s.val, s.test)] in ([5, 2, 3], [5, 3, 2], [4, 3, 3], [6, 2, 2])

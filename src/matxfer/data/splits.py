@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,7 @@ def split_ids(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     sizes: tuple[int | None, int | None, int | None] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> Split:
     """Split ids into train/val/test deterministically.
 
@@ -68,10 +69,23 @@ def split_ids(
         fractions: train/val/test fractions (normalised if they do not sum to 1).
         seed: the split seed.
         sizes: absolute sizes instead of fractions; ``None`` for "the rest" (at most one).
+        groups: id -> group (e.g. crystal system): each group is split with ``fractions`` on
+            its own (stratified), so every group has its share in every part. Not with
+            ``sizes``.
 
     Returns:
         A :class:`Split` whose three lists are disjoint.
     """
+    if groups is not None:
+        if sizes is not None:
+            raise ValueError("a stratified split takes fractions, not sizes")
+        members: dict[str, list[str]] = {}
+        for i in sorted(set(ids)):
+            members.setdefault(groups.get(i, "unknown"), []).append(i)
+        parts = [split_ids(m, fractions, seed) for _, m in sorted(members.items())]
+        rank = {i: r for r, i in enumerate(shuffled(ids, seed))}
+        joined = [sorted((i for p in parts for i in getattr(p, k)), key=rank.__getitem__) for k in ("train", "val", "test")]
+        return Split(*joined, seed)
     order = shuffled(ids, seed)
     n = len(order)
     if sizes is not None:

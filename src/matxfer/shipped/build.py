@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from matxfer.symmetry import crystal_system
+
 log = logging.getLogger(__name__)
 
 #: metrics put in index.json and the card's tables, per kind of target (when present)
@@ -26,15 +28,6 @@ HEADLINE = (
     "mae", "rmse", "r2", "mae_voigt", "k_vrh_mae", "g_vrh_mae", "mean_eig_mae", "eij_max_mae",
     "frac_pos_def",
 )
-
-
-def _crystal_system(structure, symprec: float = 0.1) -> str:
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-
-    try:
-        return SpacegroupAnalyzer(structure, symprec=symprec).get_crystal_system()
-    except Exception:  # noqa: BLE001 - spglib failures are reported as a category
-        return "unknown"
 
 
 def _headline(metrics: dict) -> dict[str, dict[str, float]]:
@@ -74,7 +67,7 @@ def evaluate_ensemble(ckpt: dict, cfg) -> dict[str, Any]:
                                  train_means=train_means)
     groups: dict[str, list[str]] = {}
     for i in ids:
-        groups.setdefault(_crystal_system(data.records[i].structure), []).append(i)
+        groups.setdefault(crystal_system(data.records[i].structure), []).append(i)
     by_system = {}
     for system, sub in sorted(groups.items()):
         m, _ = evaluate_graphs(model, tasks, data.subset(sub), symprec=symprec)

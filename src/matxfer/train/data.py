@@ -137,8 +137,17 @@ def attach_labels(graph: CrystalGraph, record: CrystalRecord, tasks: dict[str, T
     return g
 
 
-def make_split(cfg: DataConfig, ids: list[str]) -> Split:
-    if cfg.split.file:
+def make_split(cfg: DataConfig, ids: list[str], records: dict[str, CrystalRecord] | None = None) -> Split:
+    if cfg.split.stratify != "none" and not cfg.split.file:
+        if cfg.split.sizes is not None:
+            raise ValueError("data.split.stratify needs data.split.fractions, not data.split.sizes")
+        if records is None:
+            raise ValueError("a stratified split needs the records")
+        from matxfer.symmetry import crystal_system
+
+        groups = {i: crystal_system(records[i].structure) for i in ids}
+        split = split_ids(ids, tuple(cfg.split.fractions), cfg.split.seed, groups=groups)
+    elif cfg.split.file:
         split = Split.load(cfg.split.file)
         known = set(ids)
         split = Split(
@@ -197,7 +206,7 @@ def prepare_data(
             f"no entries with any of the targets {list(tasks)} in datasets {cfg.datasets}"
         )
     if split is None:
-        split = make_split(cfg, sorted(records))
+        split = make_split(cfg, sorted(records), records)
     wanted = [i for i in (*split.train, *split.val, *split.test) if i in records]
     cache_key = "+".join(cfg.datasets) + (f"-limit{cfg.limit}" if cfg.limit else "")
     graphs, failures = build_graphs(
