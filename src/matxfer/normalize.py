@@ -62,6 +62,15 @@ def cartesian_basis(formula: str) -> tuple[o3.Irreps, Tensor]:
     return o3.Irreps(irreps), q.clone()
 
 
+def refresh_basis(module: nn.Module, formula: str, name: str = "Q") -> None:
+    """Rebuild a module's change-of-basis buffer from the float64 original in its current
+    dtype and device (called after casts: up-casting a float32 copy keeps its rounding)."""
+    q = getattr(module, name, None)
+    if isinstance(q, Tensor) and q.is_floating_point():
+        exact = cartesian_basis(formula)[1].to(dtype=q.dtype, device=q.device)
+        setattr(module, name, exact.reshape(q.shape))
+
+
 def formula_rank(formula: str) -> int:
     """Return the number of indices of a formula (``"ijk=ikj"`` -> 3)."""
     return len(formula.split("=")[0])
@@ -137,6 +146,13 @@ class IrrepsNormalizer(nn.Module):
     def dim(self) -> int:
         """Size of the irreps vector."""
         return self.irreps.dim
+
+    def _apply(self, fn, recurse=True):
+        # a cast (``.double()``) rebuilds the change of basis from its float64 original, so a
+        # model built in float32 and cast to float64 is exact to ~1e-15, not ~1e-8
+        out = super()._apply(fn, recurse)
+        refresh_basis(self, self.formula)
+        return out
 
     def from_cartesian(self, t: Tensor) -> Tensor:
         """Cartesian ``[..., 3, ..., 3]`` (rank indices) -> irreps ``[..., dim]``.

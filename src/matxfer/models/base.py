@@ -31,11 +31,15 @@ class Backbone(nn.Module):
         out_spec: node-feature width (``int``) or irreps (``e3nn.o3.Irreps``).
         graph_defaults: graph settings (cutoff, max_neighbors, atom_features) it expects.
         equivariant: True when the node features are irreps with ``l > 0`` parts.
+        respects_inversion: False when the features follow proper rotations only (not the
+            inversion), e.g. a chiral model; :mod:`matxfer.testing` then skips the
+            improper-rotation check.
         registry_name: name under which the class is registered (set by the registry).
     """
 
     graph_defaults: ClassVar[dict[str, Any]] = {}
     equivariant: ClassVar[bool] = False
+    respects_inversion: bool = True
     registry_name: ClassVar[str] = ""
     config: dict[str, Any]
     out_spec: Any
@@ -97,6 +101,13 @@ class Head(nn.Module):
     per_atom: ClassVar[bool] = False
     registry_name: ClassVar[str] = ""
     config: dict[str, Any]
+
+    @property
+    def extensive(self) -> bool:
+        """True when a per-crystal prediction grows with the crystal (sum pooling): a
+        supercell of ``n`` cells predicts ``n`` times the value. Heads with a ``reduce``
+        option read it; others override this."""
+        return getattr(self, "reduce", "mean") == "sum"
 
 
 class PropertyModel(nn.Module):

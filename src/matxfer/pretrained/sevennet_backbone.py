@@ -296,6 +296,9 @@ class SevenNetBackbone(Backbone):
         self.n_blocks = n_blocks
         self.used_layers = used
         self.parity = parity
+        #: "natural" features of a model trained without parity are only approximately
+        #: equivariant under the inversion (see the module docstring)
+        self.respects_inversion = parity != "natural" or self.trained_with_parity
         z_to_type = torch.full((120,), -1, dtype=torch.long)
         for z, idx in cfg["_type_map"].items():
             z_to_type[int(z)] = int(idx)

@@ -489,6 +489,8 @@ class LocalFrameBackbone(Backbone):
             "atom_features": str(atom_features),
         }
         self.num_species = int(num_species)
+        #: a chiral model (parity_invariant=False) is invariant under proper rotations only
+        self.respects_inversion = bool(parity_invariant)
         self.embedding = make_embedding(num_species, atom_feature_dim, width)
         self.edge_embedding = nn.ModuleDict(
             {

@@ -20,7 +20,7 @@ from matxfer.models.backbones.equivariant import Gate, reset_e3nn_parameters
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.nn.pooling import check_reduce, graph_index, pool
-from matxfer.normalize import cartesian_basis, formula_rank
+from matxfer.normalize import cartesian_basis, formula_rank, refresh_basis
 
 #: formulas of per-crystal tensor targets (dielectric, piezoelectric, elastic)
 TENSOR_FORMULAS = ("ij=ji", "ijk=ikj", "ijkl=jikl=klij")
@@ -101,6 +101,11 @@ class _CartesianHead(Head):
                 raise ValueError(f"invalid hidden_irreps {hidden_irreps!r}: {exc}") from exc
         self.map = IrrepsMap(irreps_in, self.irreps_out, hidden_irreps)
         return hidden_irreps
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        refresh_basis(self, self.formula)  # exact basis in the new dtype (see normalize)
+        return out
 
     @property
     def out_dim(self) -> int:
