@@ -501,4 +501,38 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         value = cfg.model.get(key)
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"model.{key}: expected a mapping, got {value!r}")
+    check_cutoffs(cfg.graph.cutoff, cfg.model)
     return cfg
+
+
+def check_cutoffs(graph_cutoff: float | None, model: dict[str, Any]) -> None:
+    """Raise when the cutoffs a run config gives explicitly disagree.
+
+    Compares ``graph.cutoff``, ``model.backbone.cutoff`` and every ``model.heads.<task>.cutoff``
+    that is set (other backbone and head options are checked when the model is built).
+
+    Raises:
+        ValueError: naming every key and value that disagree.
+    """
+    given: list[tuple[str, Any]] = []
+    if graph_cutoff is not None:
+        given.append(("graph.cutoff", graph_cutoff))
+    bb = model.get("backbone")
+    if isinstance(bb, dict) and bb.get("cutoff") is not None:
+        given.append(("model.backbone.cutoff", bb["cutoff"]))
+    for task, head in (model.get("heads") or {}).items():
+        if isinstance(head, dict) and head.get("cutoff") is not None:
+            given.append((f"model.heads.{task}.cutoff", head["cutoff"]))
+    if len(given) < 2:
+        return
+    try:
+        first = float(given[0][1])
+        if all(abs(float(v) - first) <= 1e-9 for _, v in given[1:]):
+            return
+    except (TypeError, ValueError):
+        return  # a value of the wrong type: its own field check reports it
+    values = ", ".join(f"{k}={v!r}" for k, v in given)
+    raise ValueError(
+        f"the cutoffs disagree: {values}; one cutoff serves the graphs, the backbone and the "
+        "heads: set graph.cutoff only (backbones and heads read it)"
+    )

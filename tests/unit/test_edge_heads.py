@@ -430,6 +430,11 @@ def test_edge_heads_take_cutoff_and_neighbour_count_from_the_graphs():
     assert cg["cutoff"] == 8.0 and cg["avg_num_neighbors"] == 12.0
     allnb = with_graph_defaults({"name": "edge-tensor", "formula": "ij=ji"}, GraphSettings(cutoff=5.0, max_neighbors=1000))
     assert allnb["cutoff"] == 5.0 and allnb["avg_num_neighbors"] == 34.0
-    mine = with_graph_defaults({"name": "edge-tensor", "cutoff": 4.0, "avg_num_neighbors": 20.0}, GraphSettings(cutoff=6.0))
-    assert mine["cutoff"] == 4.0 and mine["avg_num_neighbors"] == 20.0
+    mine = with_graph_defaults({"name": "edge-tensor", "cutoff": 6.0, "avg_num_neighbors": 20.0}, GraphSettings(cutoff=6.0))
+    assert mine["cutoff"] == 6.0 and mine["avg_num_neighbors"] == 20.0
+    # one cutoff: a head cutoff that disagrees with the graphs' is an error naming both
+    with pytest.raises(ValueError, match=r"model.heads.cutoff=4.0 disagrees with the graph cutoff 6 A"):
+        with_graph_defaults({"name": "edge-tensor", "cutoff": 4.0}, GraphSettings(cutoff=6.0))
+    forces = with_graph_defaults({"name": "direct-forces"}, GraphSettings(cutoff=4.5))
+    assert forces == {"name": "direct-forces", "cutoff": 4.5}
     assert with_graph_defaults({"name": "tensor"}, GraphSettings(cutoff=5.0)) == {"name": "tensor"}

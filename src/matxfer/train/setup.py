@@ -19,12 +19,24 @@ from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task, default_head
 log = logging.getLogger(__name__)
 
 
-def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> GraphSettings:
-    """Graph settings: parent checkpoint's, else backbone defaults with config overrides."""
+def graph_settings_for(
+    cfg: RunConfig, backbone_cls, parent: dict | None, backbone_cfg: dict | None = None
+) -> GraphSettings:
+    """Graph settings: parent checkpoint's, else backbone defaults with config overrides.
+
+    Without ``graph.cutoff`` a cutoff given in the backbone config (``backbone_cfg``) is
+    the graph cutoff: there is one cutoff (see :mod:`matxfer.models.cutoff`).
+    """
+    from matxfer.models.cutoff import cutoff_arg
+
+    graph_cutoff = cfg.graph.cutoff
+    arg = cutoff_arg(backbone_cls)
+    if graph_cutoff is None and parent is None and arg and (backbone_cfg or {}).get(arg) is not None:
+        graph_cutoff = float(backbone_cfg[arg])  # type: ignore[index]
     user = {
         k: v
         for k, v in {
-            "cutoff": cfg.graph.cutoff,
+            "cutoff": graph_cutoff,
             "max_neighbors": cfg.graph.max_neighbors,
             "line_graph": cfg.graph.line_graph,
             "keep_shell": cfg.graph.keep_shell,
@@ -58,19 +70,27 @@ def graph_settings_for(cfg: RunConfig, backbone_cls, parent: dict | None) -> Gra
 MEAN_NEIGHBORS_5A = 34.0
 
 
-def with_graph_defaults(head_cfg: dict, settings: GraphSettings) -> dict:
-    """Fill an edge tensor head's ``cutoff`` and ``avg_num_neighbors`` from the graphs.
+def with_graph_defaults(head_cfg: dict, settings: GraphSettings, where: str = "model.heads") -> dict:
+    """Fill a head's ``cutoff`` and ``avg_num_neighbors`` from the graphs.
 
-    Edge heads sum over the graph's edges: their distance basis should span the graph's
-    cutoff, and the sum is divided by the typical neighbour count (the Materials Project mean within
-    5 A scaled with the cutoff volume, or the neighbour cap when that is smaller). Values the
-    config gives are kept.
+    Heads with a radial basis over the graph's edges (a ``cutoff`` argument: the edge tensor
+    heads, ``direct-forces``) take the graph cutoff; a config that gives another cutoff is
+    an error naming both. Heads that sum over edges (an ``avg_num_neighbors`` argument)
+    divide the sum by the typical neighbour count (the Materials Project mean within 5 A
+    scaled with the cutoff volume, or the neighbour cap when that is smaller) unless the
+    config gives one.
     """
-    if not str(head_cfg.get("name", "")).startswith("edge-"):
+    import inspect
+
+    from matxfer.models.cutoff import with_graph_cutoff
+    from matxfer.models.registry import HEADS
+
+    cls = HEADS.get(head_cfg.get("name"))
+    if cls is None:
         return head_cfg
-    out = dict(head_cfg)
-    out.setdefault("cutoff", float(settings.cutoff))
-    if "avg_num_neighbors" not in out:
+    out = with_graph_cutoff(dict(head_cfg), cls, float(settings.cutoff), where)
+    takes_avg = "avg_num_neighbors" in inspect.signature(cls.__init__).parameters
+    if takes_avg and "avg_num_neighbors" not in out:
         avg = MEAN_NEIGHBORS_5A * (float(settings.cutoff) / 5.0) ** 3
         if settings.max_neighbors:
             avg = min(avg, float(settings.max_neighbors))
@@ -120,6 +140,7 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
     Returns:
         (model, graph settings, featurizer, atom-feature state, provenance dict)
     """
+    from matxfer.models.cutoff import check_parent_cutoff, with_graph_cutoff
     from matxfer.models.registry import BACKBONES, build_model
     from matxfer.transfer import apply_recipe, load_backbone_into, load_heads_into, parse_recipe
 
@@ -146,7 +167,11 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
     backbone_cls = BACKBONES[name]
-    settings = graph_settings_for(cfg, backbone_cls, parent)
+    settings = graph_settings_for(cfg, backbone_cls, parent, bb_cfg)
+    if parent is None:
+        bb_cfg = with_graph_cutoff(bb_cfg, backbone_cls, float(settings.cutoff), "model.backbone")
+    else:  # the weights were trained with the stored cutoff: kept (a warning if it differs)
+        check_parent_cutoff(bb_cfg, backbone_cls, float(settings.cutoff))
     featurizer, atom_state, settings = featurizer_for(cfg, settings, parent)
     if featurizer is not None and "atom_feature_dim" not in bb_cfg:
         bb_cfg = {**bb_cfg, "atom_feature_dim": int(featurizer.dim)}
@@ -164,7 +189,9 @@ def build_run_model(cfg: RunConfig, tasks: dict[str, Task], parent: dict | None)
                 raise ValueError(f"transfer.keep_heads: the checkpoint has no head {t!r}")
             heads[t] = dict(parent["model_config"]["heads"][t])
         else:
-            heads[t] = with_graph_defaults(user_heads.get(t) or default_head(task, equivariant), settings)
+            heads[t] = with_graph_defaults(
+                user_heads.get(t) or default_head(task, equivariant), settings, f"model.heads.{t}"
+            )
     model = build_model({"backbone": bb_cfg, "heads": heads}, tasks)
     check = getattr(model.backbone, "check_graph_settings", None)
     if check is not None:
