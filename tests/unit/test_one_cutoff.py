@@ -7,7 +7,12 @@ import logging
 import pytest
 import torch
 
-from matxfer.checkpoint import build_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from matxfer.checkpoint import (
+    build_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from matxfer.config import config_from_dict
 from matxfer.data.graphs import GraphSettings
 from matxfer.models.cutoff import cutoff_arg
@@ -126,7 +131,7 @@ def _old_checkpoint(tmp_path, bb_cutoff: float, graph_cutoff: float):
 def test_old_checkpoint_with_a_mismatch_still_loads_as_trained(tmp_path, si):
     from matxfer.predict import Predictor
 
-    path, ref = _old_checkpoint(tmp_path, bb_cutoff=5.0, graph_cutoff=6.0)
+    path, _ = _old_checkpoint(tmp_path, bb_cutoff=5.0, graph_cutoff=6.0)
     model, _ = model_from_checkpoint(load_checkpoint(path))
     assert model.backbone.config["cutoff"] == 5.0
     pred = Predictor.from_checkpoint(path, symprec=None)
