@@ -7,7 +7,7 @@ DATA_DIR ?= $(if $(MATXFER_DATA_DIR),$(MATXFER_DATA_DIR),$(abspath ../shared/dat
 export MATXFER_DATA_DIR := $(DATA_DIR)
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart test test-slow lint clean
+.PHONY: setup quickstart test test-slow lint typecheck clean
 
 $(BIN)/matxfer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+# mypy on the core modules listed in pyproject.toml ([tool.mypy] files)
+typecheck: setup
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -214,7 +214,7 @@ def force_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 def finite_or_none(metrics: dict) -> dict:
     """Replace NaN/inf by None (in nested dicts too) so the dict is valid JSON."""
-    out = {}
+    out: dict = {}
     for k, v in metrics.items():
         if isinstance(v, dict):
             out[k] = finite_or_none(v)

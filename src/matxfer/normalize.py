@@ -83,6 +83,10 @@ class ScalarNormalizer(nn.Module):
     ``count []`` (number of labels fitted on; 0 = not fitted).
     """
 
+    mean: Tensor
+    std: Tensor
+    count: Tensor
+
     def __init__(self, mean: float = 0.0, std: float = 1.0):
         super().__init__()
         if not std > 0:
@@ -130,6 +134,11 @@ class IrrepsNormalizer(nn.Module):
     value per irrep block, repeated over its components), ``count []``; the change of basis
     ``Q [dim, 3**rank]`` is a non-persistent buffer rebuilt from the formula.
     """
+
+    Q: Tensor
+    mean: Tensor
+    scale: Tensor
+    count: Tensor
 
     def __init__(self, formula: str):
         super().__init__()
@@ -242,6 +251,9 @@ class VectorNormalizer(nn.Module):
     Buffers: ``scale []`` (1 before fitting), ``count []`` (vectors fitted on).
     """
 
+    scale: Tensor
+    count: Tensor
+
     def __init__(self):
         super().__init__()
         dt = torch.get_default_dtype()
@@ -306,6 +318,9 @@ class LogIsotropicNormalizer(IrrepsNormalizer):
     rotation-equivariant: the moduli are invariants and the anisotropy is scaled by an
     invariant. Moduli are floored at ``floor`` before the logarithm.
     """
+
+    iso_to_x: Tensor
+    x_to_iso: Tensor
 
     def __init__(self, formula: str, floor: float | None = None):
         super().__init__(formula)
@@ -372,7 +387,8 @@ class LogIsotropicNormalizer(IrrepsNormalizer):
             x = self.from_cartesian(t)
         finally:
             self.Q, self.iso_to_x, self.x_to_iso = keep
-        return self._fit_blocks(x)
+        self._fit_blocks(x)
+        return self
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", parameterization='log_isotropic'"

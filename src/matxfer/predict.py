@@ -66,8 +66,11 @@ def read_structures(path: Path) -> list[tuple[str, Structure]]:
         if not frames:
             raise ValueError("no frames in the file")
         if len(frames) == 1:
-            return [(path.stem, AseAtomsAdaptor.get_structure(frames[0]))]
-        return [(f"{path.stem}[{i}]", AseAtomsAdaptor.get_structure(a)) for i, a in enumerate(frames)]
+            return [(path.stem, AseAtomsAdaptor.get_structure(frames[0]))]  # type: ignore[arg-type]
+        return [
+            (f"{path.stem}[{i}]", AseAtomsAdaptor.get_structure(a))  # type: ignore[arg-type]
+            for i, a in enumerate(frames)  # ase types read(index=":") as Atoms | list[Atoms]
+        ]
     if name.endswith(".json"):
         blob = json.loads(path.read_text())
         return [(path.stem, Structure.from_dict(blob))]
@@ -143,9 +146,9 @@ def _cif_overlapping_sites(path: Path) -> str:
             species = list(block.get("_atom_site_type_symbol") or labels)
             d = lat.get_all_distances(frac, frac)
             np.fill_diagonal(d, np.inf)
-            i, j = np.unravel_index(np.argmin(d), d.shape)
-            if d[i, j] < MIN_INTERATOMIC_DISTANCE:
-                i, j = sorted((int(i), int(j)))
+            ii, jj = np.unravel_index(np.argmin(d), d.shape)
+            if d[ii, jj] < MIN_INTERATOMIC_DISTANCE:
+                i, j = sorted((int(ii), int(jj)))
                 return (
                     f"sites {i} {labels[i]} ({species[i]}) and {j} {labels[j]} ({species[j]}) "
                     f"are {d[i, j]:.3f} A apart"
@@ -242,7 +245,9 @@ class Predictor:
             raw = [{k: v.mean(0) for k, v in m.items()} for m in members]
         else:
             raw = predict_graphs(self.model, graphs, batch_size)
-        tensor_formulas = {k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR}
+        tensor_formulas = {
+            k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR and t.formula
+        }
         symmetry: list[dict[str, Any]] = [{} for _ in graphs]
         if self.symprec is not None and tensor_formulas:
             from matxfer.symmetry import project, project_predictions
@@ -313,7 +318,7 @@ class Predictor:
                 continue
             entry: dict[str, Any] = {"cartesian": val.tolist(), "units": task.units}
             entry["voigt"] = cartesian_to_voigt(val).tolist()
-            entry.update(derived_quantities(val, task.formula))
+            entry.update(derived_quantities(val, str(task.formula)))
             out[name] = entry
         return out
 

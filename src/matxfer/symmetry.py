@@ -76,7 +76,7 @@ def point_group_from_arrays(
     cart = np.asarray(cart_coords, dtype=np.float64).reshape(-1, 3)
     frac = np.linalg.solve(a.T, cart.T).T
     cell = (a, frac, np.asarray(numbers, dtype=np.int64).ravel())
-    ds = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    ds = spglib.get_symmetry_dataset(cell, symprec=symprec)  # type: ignore[arg-type]  # stubs: arrays work
     rots: list[np.ndarray] = [np.eye(3)]
     symbol = "1"
     if ds is not None:

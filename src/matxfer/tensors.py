@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ def _check_trailing(t: Any, shape: tuple[int, ...], what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def voigt_to_cartesian(arr: Any, rank: int | None = None) -> np.ndarray | torch.Tensor:
+def voigt_to_cartesian(arr: Any, rank: int | None = None) -> Any:
     """Full Cartesian tensor from its Voigt form (pymatgen convention, no shear factors).
 
     Args:
@@ -157,7 +157,7 @@ def voigt_to_cartesian(arr: Any, rank: int | None = None) -> np.ndarray | torch.
     return a[..., v[:, :, None, None], v[None, None, :, :]]
 
 
-def cartesian_to_voigt(t: Any, rank: int | None = None) -> np.ndarray | torch.Tensor:
+def cartesian_to_voigt(t: Any, rank: int | None = None) -> Any:
     """Voigt form of a Cartesian tensor (pymatgen convention, no shear factors).
 
     Entries that the Voigt form merges (e.g. ``t_23`` and ``t_32``) are averaged, so a tensor
@@ -351,7 +351,7 @@ _OUT_LETTERS = "abcdef"
 _IN_LETTERS = "ijklmn"
 
 
-def rotate(t: Any, R: Any, rank: int | None = None) -> np.ndarray | torch.Tensor:
+def rotate(t: Any, R: Any, rank: int | None = None) -> Any:
     """Rotate a Cartesian tensor on every index: ``T'_{ab..} = R_ai R_bj .. T_{ij..}``.
 
     Improper matrices (``det R = -1``) are applied the same way, which is the transformation
@@ -425,7 +425,7 @@ def symmetrize(t: Any, rotations: Any) -> np.ndarray | torch.Tensor:
         raise ValueError(f"rotations must have shape (n_ops, 3, 3), got {tuple(rots.shape)}")
     a = _as_array(t)
     rotated = rotate(a[None], rots, rank=a.ndim)
-    return rotated.mean(0) if _is_torch(rotated) else rotated.mean(axis=0)
+    return rotated.mean(0) if _is_torch(rotated) else np.mean(rotated, axis=0)
 
 
 def symmetry_error(t: Any, rotations: Any) -> float:
@@ -614,7 +614,7 @@ def mean_eigenvalue(eps: Any) -> float | np.ndarray | torch.Tensor:
     """
     a = _as_array(eps)
     _check_trailing(a, (3, 3), "rank-2 tensor")
-    if _is_torch(a):
+    if isinstance(a, torch.Tensor):
         return torch.diagonal(a, dim1=-2, dim2=-1).sum(-1) / 3.0
     out = np.trace(a, axis1=-2, axis2=-1) / 3.0
     return float(out) if a.ndim == 2 else out
@@ -744,6 +744,27 @@ def _maximize_cubic_on_sphere(
         if not improved or t * np.linalg.norm(step) < 1e-15:
             break
     return f, n
+
+
+@overload
+def eij_max(
+    e: Any,
+    convention: str = ...,
+    return_direction: Literal[False] = ...,
+    n_grid: int = ...,
+    n_refine: int = ...,
+) -> float: ...
+
+
+@overload
+def eij_max(
+    e: Any,
+    convention: str = ...,
+    *,
+    return_direction: Literal[True],
+    n_grid: int = ...,
+    n_refine: int = ...,
+) -> tuple[float, np.ndarray]: ...
 
 
 def eij_max(

@@ -179,7 +179,7 @@ def translated(structure: Structure, shift_cart: np.ndarray) -> Structure:
     return Structure(structure.lattice, structure.species, frac)
 
 
-def permuted(structure: Structure, perm: Sequence[int]) -> Structure:
+def permuted(structure: Structure, perm: Sequence[int] | np.ndarray) -> Structure:
     """The atoms in the order ``perm`` (new atom ``k`` is old atom ``perm[k]``)."""
     return Structure(
         structure.lattice,

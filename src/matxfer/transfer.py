@@ -59,7 +59,7 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
 
 
 def frozen_module_names(model: nn.Module) -> list[str]:
-    prefixes = getattr(model, FROZEN_ATTR, set())
+    prefixes: set[str] = getattr(model, FROZEN_ATTR, set())
     out = []
     for name, _ in model.named_modules():
         if name and any(name == p or fnmatch.fnmatchcase(name, p) for p in prefixes):
@@ -80,19 +80,16 @@ def reinit(module: nn.Module) -> int:
     n = 0
     for m in module.modules():
         if m is not module and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+            getattr(m, "reset_parameters")()
             n += 1
     if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
+        getattr(module, "reset_parameters")()
         n += 1
     return n
 
 
 def _submodule(model: nn.Module, prefix: str) -> nn.Module:
-    mod = model
-    for part in prefix.split("."):
-        mod = getattr(mod, part) if not part.isdigit() else mod[int(part)]
-    return mod
+    return model.get_submodule(prefix)  # "layers.0" reaches list items too
 
 
 def apply_recipe(model, recipe: str, reinit_after_frozen: bool = True) -> dict:
@@ -106,6 +103,7 @@ def apply_recipe(model, recipe: str, reinit_after_frozen: bool = True) -> dict:
     if kind == "head":
         info["frozen"] = freeze(model, ["backbone.*"])
     elif kind == "freeze":
+        assert k is not None  # parse_recipe gives freeze:k a k
         if k > len(groups) - 1:
             raise ValueError(
                 f"freeze:{k} but the backbone has only {len(groups) - 1} layer groups after the "
@@ -141,7 +139,7 @@ def param_groups(
     lr_mult = lr_mult or {}
     groups_order: list[str] = []
     if layer_decay != 1.0 and hasattr(model, "backbone"):
-        groups_order = [f"backbone.{g}" for g in model.backbone.layer_groups()]
+        groups_order = [f"backbone.{g}" for g in getattr(model, "backbone").layer_groups()]
     buckets: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -16,11 +16,15 @@ Contracts (every registered class keeps them):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.interfaces import BackboneOutput, OutSpec, Predictions
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 class Backbone(nn.Module):
@@ -42,14 +46,20 @@ class Backbone(nn.Module):
     respects_inversion: bool = True
     registry_name: ClassVar[str] = ""
     config: dict[str, Any]
-    out_spec: Any
+    out_spec: OutSpec
     num_species: int = 119
+    #: the input layer (``nn.Embedding`` by atomic number or ``nn.Linear`` of features)
+    embedding: nn.Module
+
+    def forward(self, data: Data) -> BackboneOutput:  # pragma: no cover - the contract
+        """``{keys.NODE_FEATURES: [n_atoms, width or irreps.dim]}`` (see the module docstring)."""
+        raise NotImplementedError
 
     def layer_groups(self) -> list[str]:
         """Ordered parameter-name prefixes from input to output."""
         raise NotImplementedError
 
-    def check_graph_settings(self, settings) -> None:
+    def check_graph_settings(self, settings: Any) -> None:
         """Raise ValueError when graphs built with ``settings`` cannot feed this backbone.
 
         Called when a run's model is built; the default accepts any settings. A backbone
@@ -57,7 +67,7 @@ class Backbone(nn.Module):
         ``sevennet`` cutoff) overrides it.
         """
 
-    def embed(self, data) -> Tensor:
+    def embed(self, data: Data) -> Tensor:
         """Embed atoms: ``self.embedding`` of ``z`` or of tabulated ``x``.
 
         Args:
@@ -75,6 +85,8 @@ class Backbone(nn.Module):
                     f"(num_species={emb.num_embeddings})"
                 )
             return emb(z)
+        if not isinstance(emb, nn.Linear):
+            raise TypeError(f"embedding must be nn.Embedding or nn.Linear, got {type(emb).__name__}")
         x = data[K.ATOM_FEATURES] if K.ATOM_FEATURES in data else None
         if x is None:
             raise ValueError(
@@ -102,6 +114,10 @@ class Head(nn.Module):
     registry_name: ClassVar[str] = ""
     config: dict[str, Any]
 
+    def forward(self, backbone_out: BackboneOutput, data: Data) -> Tensor:  # pragma: no cover
+        """The prediction in normalised units (see the module docstring)."""
+        raise NotImplementedError
+
     @property
     def extensive(self) -> bool:
         """True when a per-crystal prediction grows with the crystal (sum pooling): a
@@ -121,12 +137,17 @@ class PropertyModel(nn.Module):
         tasks: task name -> :class:`matxfer.tasks.Task` (kept as plain attribute).
     """
 
+    backbone: Backbone
+    heads: nn.ModuleDict
+    normalizers: nn.ModuleDict
+    tasks: dict[str, Any]
+
     def __init__(
         self,
-        backbone: nn.Module,
-        heads: nn.ModuleDict,
-        normalizers: nn.ModuleDict,
-        tasks: dict | None = None,
+        backbone: Backbone,
+        heads: nn.ModuleDict | dict[str, nn.Module],
+        normalizers: nn.ModuleDict | dict[str, nn.Module],
+        tasks: dict[str, Any] | None = None,
     ):
         super().__init__()
         if not isinstance(heads, nn.ModuleDict):
@@ -137,7 +158,7 @@ class PropertyModel(nn.Module):
         if missing:
             raise ValueError(f"heads {missing} have no normaliser")
         for name, head in heads.items():
-            if getattr(head, "conservative", False) and head.energy not in heads:
+            if getattr(head, "conservative", False) and getattr(head, "energy") not in heads:
                 raise ValueError(
                     f"head {name!r} differentiates energy task {head.energy!r}, which has no head; "
                     f"heads: {sorted(heads)}"
@@ -150,7 +171,7 @@ class PropertyModel(nn.Module):
         #: with a frozen backbone; see :mod:`matxfer.train.feature_cache`)
         self.use_cached_features = False
 
-    def forward(self, data) -> dict[str, Tensor]:
+    def forward(self, data: Data) -> Predictions:
         """Normalised predictions of every head.
 
         Args:
@@ -172,7 +193,7 @@ class PropertyModel(nn.Module):
             out = self.backbone(data)
         return {name: head(out, data) for name, head in self.heads.items()}
 
-    def _forward_with_position_gradients(self, data, conservative: dict) -> dict[str, Tensor]:
+    def _forward_with_position_gradients(self, data: Data, conservative: dict[str, Any]) -> Predictions:
         """Outputs when some heads are ``-dE/dpos`` of an energy head (see
         :class:`~matxfer.models.heads.energy_forces.ConservativeForceHead`)."""
         import torch
@@ -185,7 +206,8 @@ class PropertyModel(nn.Module):
             out = self.backbone(data)
             preds = {n: h(out, data) for n, h in self.heads.items() if n not in conservative}
             for name, head in conservative.items():
-                energy = self.normalizers[head.energy].denormalize(preds[head.energy])
+                energy_norm: Any = self.normalizers[head.energy]
+                energy = energy_norm.denormalize(preds[head.energy])
                 if head.energy_is_per_atom:
                     counts = torch.bincount(data[K.BATCH], minlength=energy.shape[0]) if K.BATCH in data \
                         else torch.full_like(energy, pos.shape[0])
@@ -194,12 +216,13 @@ class PropertyModel(nn.Module):
                     energy.sum(), pos, create_graph=self.training, allow_unused=True
                 )
                 forces = -grad if grad is not None else torch.zeros_like(pos)
-                preds[name] = self.normalizers[name].normalize(forces)
+                force_norm: Any = self.normalizers[name]
+                preds[name] = force_norm.normalize(forces)
         if not torch.is_grad_enabled():
             preds = {k: v.detach() for k, v in preds.items()}
         return preds
 
-    def predict(self, data) -> dict[str, Tensor]:
+    def predict(self, data: Data) -> Predictions:
         """Predictions in physical units.
 
         Returns:
@@ -209,7 +232,7 @@ class PropertyModel(nn.Module):
         raw = self(data)
         result = {}
         for name, y in raw.items():
-            norm = self.normalizers[name]
+            norm: Any = self.normalizers[name]
             y = norm.denormalize(y)
             if hasattr(norm, "to_cartesian"):
                 y = norm.to_cartesian(y)
@@ -219,7 +242,10 @@ class PropertyModel(nn.Module):
     def model_config(self) -> dict[str, Any]:
         """``{"backbone": {"name", ...}, "heads": {task: {"name", ...}}}`` (plain data)."""
         bb = {"name": type(self.backbone).registry_name, **self.backbone.config}
-        heads = {t: {"name": type(h).registry_name, **h.config} for t, h in self.heads.items()}
+        heads = {
+            t: {"name": getattr(type(h), "registry_name", ""), **getattr(h, "config", {})}
+            for t, h in self.heads.items()
+        }
         return {"backbone": bb, "heads": heads}
 
 

@@ -30,7 +30,7 @@ def cutoff_arg(cls: type | None) -> str | None:
     if not name:
         return None
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         return None
     return name if name in params else None

@@ -15,9 +15,13 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from matxfer.interfaces import OutSpec
+    from matxfer.models.base import Backbone, Head
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ def register_head(name: str):
 
 def _check_kwargs(cls: type, kind: str, name: str, kwargs: dict, skip: int) -> None:
     """Raise a ValueError listing the valid keys when ``kwargs`` has unknown ones."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1 + skip :]
+    params = list(inspect.signature(cls).parameters.values())[skip:]
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return
     valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -91,7 +95,7 @@ def _split_name(cfg: dict, kind: str, table: dict[str, type]) -> tuple[str, type
     return name, table[name], cfg
 
 
-def build_backbone(cfg: dict[str, Any]) -> nn.Module:
+def build_backbone(cfg: dict[str, Any]) -> Backbone:
     """Backbone from ``{"name": ..., **kwargs}``.
 
     Raises:
@@ -102,7 +106,7 @@ def build_backbone(cfg: dict[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-def build_head(cfg: dict[str, Any], in_spec) -> nn.Module:
+def build_head(cfg: dict[str, Any], in_spec: OutSpec) -> Head:
     """Head from ``{"name": ..., **kwargs}`` and the backbone's ``out_spec``.
 
     Raises:
@@ -145,7 +149,7 @@ def _head_for_task(task_name: str, cfg: dict, task) -> dict:
     """Check a head config against its task; fill in the task's formula if the head takes one."""
     if not isinstance(cfg, dict):
         raise ValueError(f"head config of task {task_name!r} must be a dict, got {cfg!r}")
-    cls = HEADS.get(cfg.get("name"))
+    cls = HEADS.get(str(cfg.get("name")))
     if cls is None:
         raise ValueError(
             f"unknown head {cfg.get('name')!r} for task {task_name!r}; valid: {sorted(HEADS)}"
@@ -158,7 +162,7 @@ def _head_for_task(task_name: str, cfg: dict, task) -> dict:
             f"is {kind!r}"
         )
     formula = _task_field(task, "formula")
-    takes_formula = "formula" in inspect.signature(cls.__init__).parameters
+    takes_formula = "formula" in inspect.signature(cls).parameters
     if takes_formula and formula:
         if "formula" not in cfg:
             cfg = {**cfg, "formula": formula}

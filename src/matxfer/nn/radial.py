@@ -23,6 +23,8 @@ class GaussianBasis(nn.Module):
         width: Gaussian width (Angstrom); ``None`` uses ``step``.
     """
 
+    centres: Tensor
+
     def __init__(self, start: float = 0.0, stop: float = 8.0, step: float = 0.2, width=None):
         super().__init__()
         if not step > 0:

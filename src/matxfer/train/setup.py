@@ -85,11 +85,11 @@ def with_graph_defaults(head_cfg: dict, settings: GraphSettings, where: str = "m
     from matxfer.models.cutoff import with_graph_cutoff
     from matxfer.models.registry import HEADS
 
-    cls = HEADS.get(head_cfg.get("name"))
+    cls = HEADS.get(str(head_cfg.get("name")))
     if cls is None:
         return head_cfg
     out = with_graph_cutoff(dict(head_cfg), cls, float(settings.cutoff), where)
-    takes_avg = "avg_num_neighbors" in inspect.signature(cls.__init__).parameters
+    takes_avg = "avg_num_neighbors" in inspect.signature(cls).parameters
     if takes_avg and "avg_num_neighbors" not in out:
         avg = MEAN_NEIGHBORS_5A * (float(settings.cutoff) / 5.0) ** 3
         if settings.max_neighbors:
@@ -123,12 +123,15 @@ def featurizer_for(cfg: RunConfig, settings: GraphSettings, parent: dict | None)
     if spec == "none":
         return None, None, settings
     if parent is not None and parent.get("atom_features") is not None:
-        feat = AtomFeaturizer.from_state(parent["atom_features"])
-        return feat, parent["atom_features"], settings
+        parent_feat = AtomFeaturizer.from_state(parent["atom_features"])
+        return parent_feat, parent["atom_features"], settings
+    feat: AtomFeaturizer | None
     if spec == "table":
         feat = AtomFeaturizer.from_spec("table", table_path=resolve_atom_table(cfg.graph.atom_table))
     else:
         feat = AtomFeaturizer.from_spec(spec)
+    if feat is None:  # pragma: no cover - only "none" has no featurizer
+        return None, None, settings
     state = feat.to_state()
     final = GraphSettings(**{**settings.to_dict(), "atom_features": feat.spec})
     return feat, state, final

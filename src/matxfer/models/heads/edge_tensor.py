@@ -199,6 +199,7 @@ class _EdgeTensorBase(Head):
         self.edge_in = nn.Linear(width, hidden[0], bias=False) if edge_features is not False else None
         n_out = self.channels * len(self.orders)
         self.weights = MLP(hidden[0], hidden[1:], n_out, act, input_activation=True)
+        self.gate_mlp: MLP | None
         if self.gate:
             self.gate_mlp = MLP(width + self.channels, [hidden[-1]], self.channels, act)
         else:

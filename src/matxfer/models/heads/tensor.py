@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from matxfer import keys as K
 from matxfer.models.backbones.equivariant import Gate, reset_e3nn_parameters
+from matxfer.interfaces import OutSpec
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.nn.pooling import check_reduce, graph_index, pool
@@ -71,7 +72,7 @@ class IrrepsMap(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., irreps_in.dim]`` -> ``[..., irreps_out.dim]``."""
-        if self.hidden is not None:
+        if self.hidden is not None and self.gate is not None:
             x = self.gate(self.hidden(x))
         return self.out(x)
 
@@ -86,7 +87,9 @@ def default_hidden(irreps_out: o3.Irreps, mul: int = 8, n_scalars: int = 16) -> 
 class _CartesianHead(Head):
     """Shared parts of the tensor heads: formula, target irreps, change of basis."""
 
-    def _setup(self, in_spec, formula: str, hidden_irreps) -> None:
+    Q: Tensor
+
+    def _setup(self, in_spec: OutSpec, formula: str, hidden_irreps: str | None) -> str | None:
         irreps_in = _irreps_in(in_spec, self.registry_name or type(self).__name__)
         self.formula = formula
         self.irreps_out, q = cartesian_basis(formula)
