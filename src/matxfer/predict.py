@@ -19,13 +19,19 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymatgen.core import Structure
 
 from matxfer.data.records import RecordError, check_structure
 from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, TENSOR, Task
+
+if TYPE_CHECKING:
+    from matxfer.data.atom_features import AtomFeaturizer
+    from matxfer.data.graphs import CrystalGraph, GraphSettings
+    from matxfer.models.base import PropertyModel
+    from matxfer.models.ensemble import EnsembleModel
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +168,11 @@ def _cif_overlapping_sites(path: Path) -> str:
 class Predictor:
     """A loaded checkpoint ready to predict on pymatgen structures."""
 
-    model: Any
+    model: PropertyModel | EnsembleModel
     tasks: dict[str, Task]
-    settings: Any
-    featurizer: Any = None
-    ckpt: dict = field(default_factory=dict)
+    settings: GraphSettings
+    featurizer: AtomFeaturizer | None = None
+    ckpt: dict[str, Any] = field(default_factory=dict)
     #: spglib tolerance (Angstrom) of the point group each tensor prediction is projected
     #: onto (symmetry-forbidden components exactly 0); None keeps the raw model output
     symprec: float | None = 0.01
@@ -216,14 +222,11 @@ class Predictor:
             )
         return unseen
 
-    def graph(self, structure: Structure, name: str = ""):
+    def graph(self, structure: Structure, name: str = "") -> CrystalGraph:
         from matxfer.data.graphs import structure_to_graph
 
         check_structure(name or structure.composition.reduced_formula, structure)
-        kwargs = {}
-        if self.featurizer is not None:
-            kwargs["featurizer"] = self.featurizer
-        return structure_to_graph(structure, self.settings, material_id=name, **kwargs)
+        return structure_to_graph(structure, self.settings, material_id=name, featurizer=self.featurizer)
 
     def predict_structures(
         self, structures: list[Structure], names: list[str] | None = None, batch_size: int = 32
