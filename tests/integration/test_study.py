@@ -1,4 +1,5 @@
-"""A tiny real study: shared pretraining, cells, results.csv, report; resume and retry."""
+"""A tiny study on the generated EMT data set (``emt-metals``, so it runs without the real
+data): shared pretraining, cells, results.csv, report; resume and retry."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def _tiny_study():
                 "eform": {
                     "config": {
                         "data": {
-                            "datasets": ["flla-2015"],
-                            "targets": ["formation_energy_per_atom"],
+                            "datasets": ["emt-metals"],
+                            "targets": ["energy_per_atom"],
                             "limit": 30,
                             "split": {"fractions": [0.8, 0.2, 0.0]},
                         }
@@ -38,7 +39,7 @@ def _tiny_study():
             },
             "targets": {
                 "gap": {
-                    "data": {"datasets": ["petousis-dielectric-2017"], "targets": ["band_gap"], "limit": 40},
+                    "data": {"datasets": ["emt-metals"], "targets": ["energy"], "limit": 40},
                     "sizes": [8, 16],
                     "test_fraction": 0.25,
                     "val_fraction": 0.25,
@@ -66,7 +67,7 @@ def counted_fit(monkeypatch):
     return calls
 
 
-def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, data_dir, counted_fit):
+def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, counted_fit):
     study = _tiny_study()
     out = tmp_path / "study"
     StudyRunner(study, out).run(progress=False)
@@ -78,7 +79,7 @@ def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, data_
     cells = df[df["kind"] != "pretrain"]
     assert len(cells) == 12 and (cells["status"] == "ok").all()
     assert set(cells["recipe"]) == {"scratch", "head", "k1"}
-    assert cells["band_gap.mae"].notna().all() and (cells["wall_time_s"] > 0).all()
+    assert cells["energy.mae"].notna().all() and (cells["wall_time_s"] > 0).all()
     # head-only trains fewer parameters than scratch, freeze:1 sits in between
     tp = cells.groupby("recipe")["trainable_params"].first()
     assert tp["head"] < tp["k1"] < tp["scratch"]
@@ -86,8 +87,8 @@ def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, data_
     tests = {json.dumps(json.loads(p.read_text())["test"]) for p in (out / "cells").rglob("cell_split.json")}
     assert len(tests) == 1
     report = (out / "report.md").read_text()
-    assert "## gap: band_gap (test mae)" in report and "| n=8 | n=16 |" in report
-    assert (out / "learning_curve_gap_band_gap.png").stat().st_size > 1000
+    assert "## gap: energy (test mae)" in report and "| n=8 | n=16 |" in report
+    assert (out / "learning_curve_gap_energy.png").stat().st_size > 1000
 
     # a rerun trains nothing and leaves the results as they were
     counted_fit.clear()
@@ -108,7 +109,7 @@ def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, data_
     assert json.loads(res.read_text())["status"] == "ok"
 
 
-def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, data_dir, monkeypatch):
+def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
     real = loop.fit
 
     def flaky(cfg, command="train"):
@@ -127,7 +128,7 @@ def test_a_failing_cell_is_recorded_and_the_study_goes_on(tmp_path, data_dir, mo
     assert "simulated crash" in (out / "report.md").read_text()
 
 
-def test_parallel_cells_give_the_same_results_as_sequential(tmp_path, data_dir):
+def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
     """jobs=2 (spawned workers, one thread each) trains exactly what the sequential run does."""
     raw_recipes = [{"name": "scratch", "kind": "scratch"}, {"name": "head", "kind": "head", "pretrained": "eform"}]
 
@@ -139,7 +140,7 @@ def test_parallel_cells_give_the_same_results_as_sequential(tmp_path, data_dir):
 
     StudyRunner(study(), tmp_path / "seq").run(progress=False)
     StudyRunner(study(), tmp_path / "par", jobs=2, threads=1).run(progress=False)
-    cols = ["recipe", "size", "seed", "status", "band_gap.mae", "trainable_params"]
+    cols = ["recipe", "size", "seed", "status", "energy.mae", "trainable_params"]
     seq = pd.read_csv(tmp_path / "seq" / "results.csv")
     par = pd.read_csv(tmp_path / "par" / "results.csv")
     seq, par = (d[d["kind"] != "pretrain"][cols].sort_values(cols[:3]).reset_index(drop=True) for d in (seq, par))
