@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, TypeAlias, Union
 
 from torch import Tensor
 
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from e3nn import o3
     from torch_geometric.data import Data
 
-OutSpec = Union[int, "o3.Irreps", str]
-Graph = "Data"
-BackboneOutput = dict[str, Tensor]
-Predictions = dict[str, Tensor]
+OutSpec: TypeAlias = Union[int, "o3.Irreps", str]
+Graph: TypeAlias = "Data"
+BackboneOutput: TypeAlias = dict[str, Tensor]
+Predictions: TypeAlias = dict[str, Tensor]
 
 __all__ = ["BackboneOutput", "Graph", "OutSpec", "Predictions"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -80,10 +81,10 @@ def reinit(module: nn.Module) -> int:
     n = 0
     for m in module.modules():
         if m is not module and hasattr(m, "reset_parameters"):
-            getattr(m, "reset_parameters")()
+            cast(Any, m).reset_parameters()
             n += 1
     if hasattr(module, "reset_parameters"):
-        getattr(module, "reset_parameters")()
+        cast(Any, module).reset_parameters()
         n += 1
     return n
 
@@ -139,7 +140,7 @@ def param_groups(
     lr_mult = lr_mult or {}
     groups_order: list[str] = []
     if layer_decay != 1.0 and hasattr(model, "backbone"):
-        groups_order = [f"backbone.{g}" for g in getattr(model, "backbone").layer_groups()]
+        groups_order = [f"backbone.{g}" for g in cast(Any, model).backbone.layer_groups()]
     buckets: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

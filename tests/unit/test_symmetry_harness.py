@@ -136,6 +136,17 @@ def test_every_registered_name_is_covered():
         assert _cases(name)
 
 
+@pytest.mark.parametrize("package,name", [("chgnet", "chgnet"), ("sevenn", "sevennet")])
+def test_installed_plugin_backbones_are_registered(package, name):
+    """An adapter whose package is installed but whose module fails to import would drop out
+    of the registry (and of this harness) with only a warning: fail instead."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install matxfer[{name}])")
+    assert name in BACKBONES
+
+
 @pytest.mark.parametrize("bb_name,cfg,task", _pairs())
 def test_backbone_head_pair_is_symmetric_in_float64(bb_name, cfg, task):
     backbone = _backbone(bb_name)

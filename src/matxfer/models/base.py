@@ -16,7 +16,7 @@ Contracts (every registered class keeps them):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from torch import Tensor, nn
 
@@ -158,7 +158,7 @@ class PropertyModel(nn.Module):
         if missing:
             raise ValueError(f"heads {missing} have no normaliser")
         for name, head in heads.items():
-            if getattr(head, "conservative", False) and getattr(head, "energy") not in heads:
+            if getattr(head, "conservative", False) and cast(Any, head).energy not in heads:
                 raise ValueError(
                     f"head {name!r} differentiates energy task {head.energy!r}, which has no head; "
                     f"heads: {sorted(heads)}"
