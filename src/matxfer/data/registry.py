@@ -959,6 +959,37 @@ def count_entries(spec: DatasetSpec, root: Path) -> int:
     return n
 
 
+def _cached_full(spec: DatasetSpec, root: Path) -> LoadedDataset | None:
+    """The full parse of a dataset from the in-process memo or the on-disk record cache
+    (memoised on the way); None when neither holds it. Never parses."""
+    import pickle
+
+    key = (spec.name, str(root.resolve()))
+    if key in _MEMO:
+        return _MEMO[key]
+    cache = _records_cache_file(spec, root)
+    if not cache.is_file():
+        return None
+    try:
+        with open(cache, "rb") as fh:
+            records, failures = pickle.load(fh)  # our own cache file (load_dataset)
+    except Exception as exc:
+        log.warning("ignoring unreadable record cache %s: %s", cache, exc)
+        return None
+    _MEMO[key] = LoadedDataset(spec, records, failures)
+    return _MEMO[key]
+
+
+def select_ids(ds: LoadedDataset, ids: list[str]) -> LoadedDataset:
+    """The records and failures of ``ds`` whose ids are in ``ids`` (file order kept)."""
+    wanted = set(ids)
+    return LoadedDataset(
+        ds.spec,
+        [r for r in ds.records if r.material_id in wanted],
+        [f for f in ds.failures if f[0] in wanted],
+    )
+
+
 def load_dataset(
     name: str,
     root: Path | str | None = None,
@@ -972,12 +1003,20 @@ def load_dataset(
     Full loads are memoised in-process and cached on disk (a pickle of the parsed records
     in matxfer's own cache directory, keyed by the files' size and mtime and the parser
     version), because parsing CIFs and rotating cells into the IEEE frame takes seconds to
-    minutes. See :func:`parse_dataset` for the arguments.
+    minutes. A load of given ``ids`` is cut from that full parse when it is memoised or
+    cached, and otherwise parses only those entries, never the whole dataset (``limit``
+    loads parse the first entries only). See :func:`parse_dataset` for the arguments.
     """
     import pickle
 
     spec = get_spec(name)
     root = spec.resolve_root(root)
+    if ids is not None and limit is None and use_cache and spec.available(root):
+        # a subset by id (e.g. a checkpoint's test split) is cut from the full parse when
+        # that is memoised or cached; otherwise only those entries are parsed, below
+        full = _cached_full(spec, root)
+        if full is not None:
+            return select_ids(full, ids)
     if not use_cache or limit is not None or ids is not None or not spec.available(root):
         return parse_dataset(name, root, limit, ids, progress)
     key = (name, str(root.resolve()))

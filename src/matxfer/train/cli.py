@@ -127,8 +127,16 @@ def evaluate_checkpoint(
         saved = ckpt.get("split") or {}
         if not saved.get(split):
             raise ValueError(f"the checkpoint has no saved {split!r} split; use --split all")
-        data = prepare_data(dcfg, usable, settings, feat, split=Split.from_dict(saved))
-        ids = getattr(data.split, split)
+        # only the entries of the requested split are loaded, validated and graphed
+        full = Split.from_dict(saved)
+        part = [getattr(full, s) if s == split else [] for s in ("train", "val", "test")]
+        try:
+            data = prepare_data(dcfg, usable, settings, feat, split=Split(*part, full.seed))
+        except ValueError as exc:
+            if not str(exc).startswith("no entries with any of the targets"):
+                raise
+            data = None
+        ids = getattr(data.split, split) if data is not None else []
         if not ids:
             raise ValueError(
                 f"none of the checkpoint's {split} ids are in dataset {dataset!r}; use --split all"

@@ -52,15 +52,23 @@ class PreparedData:
         return [self.records[i] for i in self.split.train if i in self.records]
 
 
-def gather_records(cfg: DataConfig, targets: list[str]) -> tuple[dict[str, CrystalRecord], dict[str, int]]:
-    """Load, validate and merge the configured datasets; keep entries with >= 1 target."""
+def gather_records(
+    cfg: DataConfig, targets: list[str], ids: list[str] | None = None
+) -> tuple[dict[str, CrystalRecord], dict[str, int]]:
+    """Load, validate and merge the configured datasets; keep entries with >= 1 target.
+
+    ``ids``: load, validate and keep only these entries (None: all, or ``cfg.limit``).
+    """
     from matxfer.data.validate import filter_valid
 
     merged: dict[str, CrystalRecord] = {}
     dropped: dict[str, int] = {}
     tensor_targets = set(TARGET_FORMULAS)
     for name in cfg.datasets:
-        ds = load_dataset(name, root=cfg.data_dir, limit=cfg.limit, progress=True)
+        ds = load_dataset(
+            name, root=cfg.data_dir, limit=None if ids is not None else cfg.limit, ids=ids,
+            progress=True,
+        )
         dropped[f"{name}: unloadable"] = len(ds.failures)
         if cfg.validate:
             n0 = len(ds.failures)
@@ -196,11 +204,13 @@ def prepare_data(
         tasks: the tasks (their names are the label keys).
         settings: graph settings (from the backbone or the parent checkpoint).
         featurizer: atom featurizer when the graphs carry tabulated features.
-        split: use this split instead of making one (e.g. a checkpoint's test ids).
+        split: use this split instead of making one (e.g. a checkpoint's test ids); only
+            its entries are then loaded, validated and graphed.
     """
     from matxfer.data.graph_cache import build_graphs
 
-    records, dropped = gather_records(cfg, list(tasks))
+    only = None if split is None else [*split.train, *split.val, *split.test]
+    records, dropped = gather_records(cfg, list(tasks), ids=only)
     if not records:
         raise ValueError(
             f"no entries with any of the targets {list(tasks)} in datasets {cfg.datasets}"
