@@ -1,7 +1,7 @@
 """Frozen SevenNet-0 feature throughput on the Petousis dielectric set, one thread.
 
 Builds the graphs of the first ``--n`` structures of petousis-dielectric-2017 (r = 5 A, all
-neighbours; not timed), then times :func:`matxfer.train.feature_cache.compute_outputs` of
+neighbours; not timed), then times :func:`matxfer.feature_cache.compute_outputs` of
 the ``sevennet`` backbone (float32, every block's features, 2048 per atom) on them, for the
 ``natural`` parity mode and, with ``--project``, for ``project`` (which runs every crystal
 twice). Reports structures and atoms per second and the time extrapolated to 10,000
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from matxfer.data.graphs import GraphSettings, structure_to_graph
     from matxfer.data.registry import load_dataset
     from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
-    from matxfer.train.feature_cache import compute_outputs
+    from matxfer.feature_cache import compute_outputs
 
     ds = load_dataset("petousis-dielectric-2017")
     records = ds.records[: args.n]

@@ -54,3 +54,13 @@ REFRACTIVE_INDEX: Final[str] = "refractive_index"  # dimensionless
 ENERGY: Final[str] = "energy"  # eV per cell
 ENERGY_PER_ATOM: Final[str] = "energy_per_atom"  # eV/atom
 FORCES: Final[str] = "forces"  # per atom [n_atoms, 3] eV/Angstrom
+
+
+def label_key(task: str) -> str:
+    """Graph field holding the label of ``task``."""
+    return f"y_{task}"
+
+
+def mask_key(task: str) -> str:
+    """Graph field saying whether the graph carries the label of ``task``."""
+    return f"m_{task}"

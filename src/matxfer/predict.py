@@ -180,14 +180,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, symprec: float | None = 0.01) -> Predictor:
         """Load a checkpoint file, or a shipped model by name (``matxfer models``)."""
-        from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
-        from matxfer.data.atom_features import AtomFeaturizer
-        from matxfer.data.graphs import GraphSettings
+        from matxfer.inference import load_predictor
 
-        ckpt = load_checkpoint(path)
-        model, tasks = model_from_checkpoint(ckpt)
-        settings = GraphSettings.from_dict(ckpt["graph"])
-        feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
+        model, tasks, settings, feat, ckpt = load_predictor(path)
         return cls(model, tasks, settings, feat, ckpt, symprec)
 
     @classmethod
@@ -236,7 +231,7 @@ class Predictor:
         With an ensemble, values are the mean over members (derived quantities are those of
         the mean tensor) and each number has ``<name>_std`` (across members) beside it.
         """
-        from matxfer.train.loop import predict_graphs
+        from matxfer.inference import predict_graphs, predict_members_graphs
 
         names = names or [s.composition.reduced_formula for s in structures]
         graphs = [self.graph(s, n) for s, n in zip(structures, names)]
@@ -433,36 +428,6 @@ def add_member_std(mean: dict[str, Any], members: list[dict[str, Any]]) -> dict[
             if std is not None:
                 out[f"{name}_std"] = std
     return out
-
-
-def predict_members_graphs(model, graphs, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
-    """Each member's physical-unit prediction for each graph: task -> ``[K, ...]`` (the
-    backbone runs once per batch)."""
-    import torch
-    from torch_geometric.loader import DataLoader
-
-    from matxfer import keys as K
-
-    model.eval()
-    results: list[dict[str, np.ndarray]] = []
-    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
-        conservative = any(getattr(h, "conservative", False) for h in model.heads.values())
-        with torch.enable_grad() if conservative else torch.no_grad():
-            pred = model.predict_members(batch)
-        counts = torch.bincount(batch[K.BATCH], minlength=batch.num_graphs).tolist()
-        per_graph: list[dict[str, np.ndarray]] = [{} for _ in range(batch.num_graphs)]
-        for name, val in pred.items():
-            val = val.detach().cpu().double().numpy()
-            if not getattr(model.heads[name], "per_atom", False):
-                for i in range(batch.num_graphs):
-                    per_graph[i][name] = val[:, i]
-            else:
-                start = 0
-                for i, c in enumerate(counts):
-                    per_graph[i][name] = val[:, start : start + c]
-                    start += c
-        results.extend(per_graph)
-    return results
 
 
 def predict_files(

@@ -277,7 +277,7 @@ def test_cgcnn_conv_matches_the_formula():
 
 def test_edge_tensor_product_equals_e3nn():
     """The fused uvu tensor product computes exactly e3nn's TensorProduct."""
-    from matxfer.models.backbones.equivariant import EdgeTensorProduct
+    from matxfer.nn.e3 import EdgeTensorProduct
 
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -431,7 +431,7 @@ def test_edge_head_on_sevennet(backbone64, batio3):
 
 
 def test_cached_features_reproduce_live_backbone(backbone, si, nacl, zno, tmp_path):
-    from matxfer.train.feature_cache import load_or_compute
+    from matxfer.feature_cache import load_or_compute
 
     graphs = [_graph(s) for s in (si, nacl, zno)]
     for g, name in zip(graphs, ("si", "nacl", "zno")):

@@ -330,7 +330,7 @@ def test_point_group(models, f64, batio3, bb, task, which):
 
 
 def test_attention_stable_for_huge_logits(f64):
-    from matxfer.models.backbones.cgcnn_attention import AttentionConv
+    from matxfer.models.backbones.cgcnn import AttentionConv
 
     torch.manual_seed(0)
     conv = AttentionConv(width=4, edge_dim=3)

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -42,6 +40,7 @@ import numpy as np
 import torch
 
 from matxfer import keys as K
+from matxfer.cache_io import save_torch
 from matxfer.data.graphs import (
     CrystalGraph,
     GraphSettings,
@@ -219,15 +218,7 @@ def _load(path: Path) -> dict | None:
 def save_atomic(path: Path, blob) -> None:
     """``torch.save`` through a unique temporary file and a rename: readers (and parallel
     writers) never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch(path, blob)
 
 
 def _build(records, settings, featurizer, progress: bool):

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -921,15 +920,11 @@ _MEMO: dict[tuple, LoadedDataset] = {}
 
 
 def _records_cache_file(spec: DatasetSpec, root: Path) -> Path:
-    import hashlib
-
+    from matxfer.cache_io import files_hash
     from matxfer.paths import cache_dir
 
-    h = hashlib.sha256(f"{spec.name}|{PARSER_VERSION}".encode())
-    for p in spec.paths(root):
-        st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return cache_dir() / "records" / f"{spec.name}-{h.hexdigest()[:16]}.pkl"
+    key = files_hash(f"{spec.name}|{PARSER_VERSION}", spec.paths(root))[:16]
+    return cache_dir() / "records" / f"{spec.name}-{key}.pkl"
 
 
 def count_entries(spec: DatasetSpec, root: Path) -> int:
@@ -950,10 +945,9 @@ def count_entries(spec: DatasetSpec, root: Path) -> int:
     n = sum(1 for _ in spec.parser(spec.paths(root)))
     counts[key] = n
     try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(counts, indent=1, sort_keys=True))
-        tmp.replace(store)
+        from matxfer.cache_io import write_text_atomic
+
+        write_text_atomic(store, json.dumps(counts, indent=1, sort_keys=True))
     except OSError as exc:
         log.warning("could not write entry counts %s: %s", store, exc)
     return n
@@ -1035,11 +1029,9 @@ def load_dataset(
     if ds is None:
         ds = parse_dataset(name, root, None, None, progress)
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # unique: parallel studies share caches
-            with open(tmp, "wb") as fh:
-                pickle.dump((ds.records, ds.failures), fh, protocol=pickle.HIGHEST_PROTOCOL)
-            tmp.replace(cache)
+            from matxfer.cache_io import save_pickle
+
+            save_pickle(cache, (ds.records, ds.failures))  # atomic: parallel studies share caches
         except OSError as exc:
             log.warning("could not write record cache %s: %s", cache, exc)
     _MEMO[key] = ds

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from matxfer import keys as K
+from matxfer.cache_io import write_text_atomic
 from matxfer.data.records import TARGET_FORMULAS, CrystalRecord, LabelRule, label_problems, rule_for
 from matxfer.data.registry import LoadedDataset
 from matxfer.paths import cache_dir
@@ -214,10 +214,7 @@ def validate_dataset(
         bar.close()
     if use_cache:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # unique per process
-            tmp.write_text(json.dumps({"results": [asdict(r) for r in results]}))
-            tmp.replace(cache_file)
+            write_text_atomic(cache_file, json.dumps({"results": [asdict(r) for r in results]}))
         except OSError as exc:
             log.warning("could not write validation cache %s: %s", cache_file, exc)
     return ValidationReport(ds.spec.name, results, [tuple(x) for x in ds.failures])

@@ -167,9 +167,6 @@ class PropertyModel(nn.Module):
         self.heads = heads
         self.normalizers = normalizers
         self.tasks = dict(tasks or {})
-        #: read frozen-backbone outputs stored on the graphs when present (set by training
-        #: with a frozen backbone; see :mod:`matxfer.train.feature_cache`)
-        self.use_cached_features = False
 
     def forward(self, data: Data) -> Predictions:
         """Normalised predictions of every head.
@@ -184,13 +181,7 @@ class PropertyModel(nn.Module):
         conservative = {n: h for n, h in self.heads.items() if getattr(h, "conservative", False)}
         if conservative:
             return self._forward_with_position_gradients(data, conservative)
-        out = None
-        if self.use_cached_features:
-            from matxfer.train.feature_cache import cached_outputs
-
-            out = cached_outputs(data)
-        if out is None:
-            out = self.backbone(data)
+        out = self.backbone(data)
         return {name: head(out, data) for name, head in self.heads.items()}
 
     def _forward_with_position_gradients(self, data: Data, conservative: dict[str, Any]) -> Predictions:

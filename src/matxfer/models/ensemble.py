@@ -52,15 +52,6 @@ class EnsembleModel(nn.Module):
     def __len__(self) -> int:
         return len(self.members)
 
-    @property
-    def use_cached_features(self) -> bool:
-        return self.members[0].use_cached_features
-
-    @use_cached_features.setter
-    def use_cached_features(self, value: bool) -> None:
-        for m in self.members:
-            m.use_cached_features = bool(value)
-
     def predict_members(self, data) -> dict[str, Tensor]:
         """Each member's prediction in physical units: task -> ``[K, ...]``."""
         conservative = any(
@@ -69,13 +60,7 @@ class EnsembleModel(nn.Module):
         if conservative:  # forces by autograd: each member runs its own graph
             per = [m.predict(data) for m in self.members]
         else:
-            out = None
-            if self.members[0].use_cached_features:
-                from matxfer.train.feature_cache import cached_outputs
-
-                out = cached_outputs(data)
-            if out is None:
-                out = self.backbone(data)
+            out = self.backbone(data)
             per = []
             for m in self.members:
                 res = {}

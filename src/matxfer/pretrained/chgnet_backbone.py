@@ -563,7 +563,7 @@ def cache_features(backbone: nn.Module, graphs: list, batch_size: int = 32) -> l
     """Node features of a frozen backbone for every graph, computed once.
 
     Training with the ``head`` recipe does this by itself (and keeps the features on disk,
-    see :mod:`matxfer.train.feature_cache`); this function and :class:`CachedBackbone` are
+    see :mod:`matxfer.feature_cache`); this function and :class:`CachedBackbone` are
     for custom loops:
 
     .. code-block:: python
@@ -585,7 +585,7 @@ def cache_features(backbone: nn.Module, graphs: list, batch_size: int = 32) -> l
     Returns:
         One ``[n_atoms_i, width]`` tensor per graph (detached, on the CPU).
     """
-    from matxfer.train.feature_cache import compute_outputs
+    from matxfer.feature_cache import compute_outputs
 
     return [o[K.NODE_FEATURES] for o in compute_outputs(backbone, graphs, batch_size)]
 

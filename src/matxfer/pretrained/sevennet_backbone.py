@@ -178,7 +178,7 @@ class _Embedding(nn.Module):
             self._bessel_n = int(basis.coeffs.numel())
 
     def reset_parameters(self) -> None:
-        from matxfer.models.backbones.equivariant import reset_e3nn_parameters
+        from matxfer.nn.e3 import reset_e3nn_parameters
 
         reset_e3nn_parameters(self.species)
         basis = self.edge.basis_function
@@ -196,7 +196,7 @@ class _Block(nn.Module):
         self.parts = nn.ModuleDict(parts)
 
     def reset_parameters(self) -> None:
-        from matxfer.models.backbones.equivariant import reset_e3nn_parameters
+        from matxfer.nn.e3 import reset_e3nn_parameters
 
         reset_e3nn_parameters(self)
 

@@ -46,16 +46,11 @@ def evaluate_ensemble(ckpt: dict, cfg) -> dict[str, Any]:
     ``{"split", "n", "overall": {task: metrics}, "by_crystal_system": {system: {...}}}``."""
     import numpy as np
 
-    from matxfer.checkpoint import model_from_checkpoint
-    from matxfer.data.atom_features import AtomFeaturizer
-    from matxfer.data.graphs import GraphSettings
     from matxfer.data.splits import Split
+    from matxfer.inference import evaluate_graphs, load_predictor
     from matxfer.train.data import prepare_data
-    from matxfer.train.loop import evaluate_graphs
 
-    model, tasks = model_from_checkpoint(ckpt)
-    settings = GraphSettings.from_dict(ckpt["graph"])
-    feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
+    model, tasks, settings, feat, _ = load_predictor(ckpt)
     split = Split.from_dict(ckpt["split"])
     which = "test" if split.test else "val"
     data = prepare_data(cfg.data, tasks, settings, feat, split=split)

@@ -98,18 +98,12 @@ def evaluate_checkpoint(
     """
     import numpy as np
 
-    from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
     from matxfer.config import DataConfig
-    from matxfer.data.atom_features import AtomFeaturizer
-    from matxfer.data.graphs import GraphSettings
     from matxfer.data.splits import Split
+    from matxfer.inference import evaluate_graphs, load_predictor
     from matxfer.train.data import prepare_data
-    from matxfer.train.loop import evaluate_graphs
 
-    ckpt = load_checkpoint(ckpt_path)
-    model, tasks = model_from_checkpoint(ckpt)
-    settings = GraphSettings.from_dict(ckpt["graph"])
-    feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
+    model, tasks, settings, feat, ckpt = load_predictor(ckpt_path)
     from matxfer.data.registry import get_spec
 
     spec = get_spec(dataset)

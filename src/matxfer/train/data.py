@@ -21,17 +21,10 @@ from matxfer.data.graphs import CrystalGraph, GraphSettings
 from matxfer.data.records import TARGET_FORMULAS, CrystalRecord
 from matxfer.data.registry import load_dataset
 from matxfer.data.splits import Split, split_ids, subsample
+from matxfer.keys import label_key, mask_key
 from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task
 
 log = logging.getLogger(__name__)
-
-
-def label_key(task: str) -> str:
-    return f"y_{task}"
-
-
-def mask_key(task: str) -> str:
-    return f"m_{task}"
 
 
 @dataclass

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 import yaml
 
-from matxfer import keys as K
 from matxfer.config import RunConfig, TaskConfig, to_dict
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, TENSOR, Task, make_task
-from matxfer.train.data import label_key, mask_key
+from matxfer.inference import evaluate_graphs
+from matxfer.keys import label_key, mask_key
+from matxfer.tasks import FORCES, SCALAR, TENSOR, Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -485,33 +485,8 @@ def _merge_csv_logs(path: Path, earlier: str | None, start_epoch: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# prediction and evaluation
+# the training-mean baseline
 # ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_graphs(model, graphs, batch_size: int = 64) -> list[dict[str, np.ndarray]]:
-    """Physical-unit predictions for each graph (per-atom tensors split per graph)."""
-    from torch_geometric.loader import DataLoader
-
-    model.eval()
-    results: list[dict[str, np.ndarray]] = []
-    for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
-        pred = model.predict(batch)
-        counts = torch.bincount(batch[K.BATCH], minlength=batch.num_graphs).tolist()
-        per_graph = [dict() for _ in range(batch.num_graphs)]
-        for name, val in pred.items():
-            val = val.detach().cpu().double().numpy()
-            if not getattr(model.heads[name], "per_atom", False):
-                for i in range(batch.num_graphs):
-                    per_graph[i][name] = val[i]
-            else:  # per atom
-                start = 0
-                for i, c in enumerate(counts):
-                    per_graph[i][name] = val[start : start + c]
-                    start += c
-        results.extend(per_graph)
-    return results
 
 
 def train_label_means(tasks: dict[str, Task], records) -> dict[str, np.ndarray]:
@@ -525,80 +500,6 @@ def train_label_means(tasks: dict[str, Task], records) -> dict[str, np.ndarray]:
         if vals:
             out[name] = np.mean(vals, axis=0)
     return out
-
-
-def evaluate_graphs(
-    model,
-    tasks: dict[str, Task],
-    graphs,
-    batch_size: int = 64,
-    symprec: float | None = None,
-    train_means: dict[str, np.ndarray] | None = None,
-) -> tuple[dict, dict]:
-    """Metrics per task on labelled graphs; also returns (pred, true, ids) per task.
-
-    Args:
-        symprec: when given, every crystal-tensor prediction is first projected onto the
-            invariants of the crystal's point group (spglib tolerance in Angstrom; see
-            :mod:`matxfer.symmetry`), and the metrics record it (``symprec``), the share of
-            symmetry-forbidden components predicted exactly zero, and for piezo tensors the
-            metrics on the non-centrosymmetric crystals.
-        train_means: per tensor task, the mean training label; the metrics of the zero and
-            training-mean predictors on the same crystals are added under ``baselines``.
-    """
-    from matxfer.metrics import baseline_metrics, force_metrics, scalar_metrics, tensor_metrics
-
-    preds = predict_graphs(model, graphs, batch_size)
-    tensor_formulas = {n: t.formula for n, t in tasks.items() if t.kind == TENSOR}
-    groups = None
-    if symprec is not None and tensor_formulas:
-        from matxfer.symmetry import project_predictions
-
-        groups = project_predictions(preds, graphs, tensor_formulas, symprec)
-    metrics: dict[str, dict] = {}
-    pairs: dict[str, dict] = {}
-    for name, task in tasks.items():
-        p, t, ids, idx = [], [], [], []
-        for i, (g, pr) in enumerate(zip(graphs, preds)):
-            mask = g[mask_key(name)]
-            if not bool(mask.any()):
-                continue
-            y = g[label_key(name)].double().numpy()
-            if task.kind in (ATOM_TENSOR, FORCES):
-                p.append(pr[name])
-                t.append(y)
-            else:
-                p.append(np.asarray(pr[name]).reshape(y.shape[1:]) if y.ndim > 1 else float(np.ravel(pr[name])[0]))
-                t.append(y[0] if y.ndim > 1 else float(y[0]))
-            ids.append(g.material_id)
-            idx.append(i)
-        if task.kind == SCALAR:
-            metrics[name] = scalar_metrics(np.array(p), np.array(t))
-        elif task.kind == FORCES:
-            pa = np.concatenate(p) if p else np.zeros((0, 3))
-            ta = np.concatenate(t) if t else np.zeros((0, 3))
-            metrics[name] = {**force_metrics(pa, ta), "n_structures": len(p)}
-        elif task.kind == ATOM_TENSOR:
-            pa = np.concatenate(p) if p else np.zeros((0, 3, 3))
-            ta = np.concatenate(t) if t else np.zeros((0, 3, 3))
-            metrics[name] = {**tensor_metrics(pa, ta, "ij"), "n_structures": len(p)}
-        else:
-            centro = forbidden = None
-            if groups is not None and idx:
-                from matxfer.symmetry import forbidden_mask
-
-                centro = np.array([groups[i].centrosymmetric for i in idx])
-                forbidden = np.stack([forbidden_mask(groups[i].rotations, task.formula) for i in idx])
-            ta = np.array(t)
-            metrics[name] = tensor_metrics(np.array(p), ta, task.formula, centro, forbidden)
-            if symprec is not None:
-                metrics[name]["symprec"] = float(symprec)
-            if train_means is not None and name in train_means and len(ta):
-                metrics[name]["baselines"] = baseline_metrics(
-                    ta, task.formula, train_means[name], centro
-                )
-        pairs[name] = {"pred": p, "true": t, "ids": ids}
-    return metrics, pairs
 
 
 # ----------------------------------------------------------------------------------------
@@ -680,7 +581,12 @@ def _cache_frozen_outputs(cfg: RunConfig, model, settings, graphs: list) -> list
 
     Returns the graphs that carry cached outputs (empty when nothing was cached).
     """
-    from matxfer.train.feature_cache import attach_outputs, backbone_is_frozen, load_or_compute
+    from matxfer.feature_cache import (
+        attach_outputs,
+        backbone_is_frozen,
+        load_or_compute,
+        read_cached_outputs,
+    )
 
     if not cfg.trainer.cache_frozen_features or not backbone_is_frozen(model):
         return []
@@ -689,7 +595,7 @@ def _cache_frozen_outputs(cfg: RunConfig, model, settings, graphs: list) -> list
     t0 = time.time()
     outputs, stats = load_or_compute(model.backbone, graphs, settings.to_dict(), batch_size=32)
     attach_outputs(graphs, outputs)
-    model.use_cached_features = True
+    read_cached_outputs(model.backbone)
     log.info(
         "frozen backbone: outputs of %d crystals cached (%d reused from disk, %d computed) in %.1f s",
         len(graphs), stats["reused"], stats["computed"], time.time() - t0,
@@ -941,9 +847,9 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
                 (out / "logs" / STASHED_CSV).unlink(missing_ok=True)
         finally:
             if cached:
-                from matxfer.train.feature_cache import detach_outputs
+                from matxfer.feature_cache import detach_outputs, stop_reading_cached_outputs
 
-                model.use_cached_features = False
+                stop_reading_cached_outputs(model.backbone)
                 detach_outputs(cached)
         if tracker.best_state is not None:
             model.load_state_dict(tracker.best_state)

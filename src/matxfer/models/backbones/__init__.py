@@ -6,8 +6,7 @@ registers itself just by living here.
 
 from __future__ import annotations
 
-from matxfer.models.backbones.cgcnn import CGCNN
-from matxfer.models.backbones.cgcnn_attention import CGCNNAttention
+from matxfer.models.backbones.cgcnn import CGCNN, CGCNNAttention
 from matxfer.models.backbones.equivariant import EquivariantBackbone
 from matxfer.models.registry import import_submodules
 

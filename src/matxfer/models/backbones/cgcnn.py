@@ -1,6 +1,12 @@
-"""CGCNN backbone (Xie & Grossman, PRL 120, 145301, 2018).
+"""CGCNN backbone (Xie & Grossman, PRL 120, 145301, 2018) and its attention variant.
 
-Per conv layer, for every edge ``j -> i`` with Gaussian-expanded length ``u_ij``:
+One class, :class:`CGCNN`, with the convolution as a parameter (:attr:`CGCNN.conv_class`);
+``cgcnn`` uses :class:`CGCNNConv`, ``cgcnn-attention`` (:class:`CGCNNAttention`)
+:class:`AttentionConv`. Everything else (embedding, Gaussian expansion, layer groups, graph
+defaults, config keys) is shared, and so are the parameter names: ``embedding``,
+``convs.N.*``.
+
+``cgcnn``: per conv layer, for every edge ``j -> i`` with Gaussian-expanded length ``u_ij``:
 
     z_ij = v_i (+) v_j (+) u_ij
     [g_ij, c_ij] = BN1(z_ij W + b)                 (split into two halves of width F)
@@ -10,13 +16,29 @@ BN1 normalises over edges, BN2 over atoms. Parameter names follow the original c
 (``embedding``, ``convs.N.fc_full``, ``convs.N.bn1``, ``convs.N.bn2``) so released CGCNN
 checkpoints map onto this module key for key (their ``conv_to_fc``/``fc_out`` belong to a
 scalar head).
+
+``cgcnn-attention``: softmax attention over each atom's incoming edges. Per layer, for
+every edge ``j -> i`` with Gaussian-expanded length ``u_ij`` and ``z_ij = v_i (+) v_j (+) u_ij``:
+
+    c_ij = exp(<v_i, v_j> <u_ij, u_ij>) / sum_k exp(<v_i, v_k> <u_ik, u_ik>)
+    v_i <- v_i + sum_j c_ij * softplus(z_ij W_s + b_s)
+
+Reading of the formula: ``c_ij`` is one scalar per edge (the logit is a product of two dot
+products), normalised over the incoming edges of atom ``i``, and ``c_ij (.) softplus(...)``
+scales the whole F-wide message of that edge. One ``Linear(2F + G, F)`` per layer replaces
+CGCNN's ``Linear(2F + G, 2F)`` and its two batch-norms, hence about half the weights.
+The softmax subtracts the per-atom maximum logit before exponentiating, so logits of any
+magnitude give finite outputs (very large ones make the attention hard).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch_geometric.utils import softmax
 
 from matxfer import keys as K
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
@@ -63,6 +85,42 @@ class CGCNNConv(nn.Module):
         return F.softplus(v + self.bn2(summed))
 
 
+class AttentionConv(nn.Module):
+    """One attention convolution.
+
+    Args:
+        width: atom feature width ``F``.
+        edge_dim: edge feature width ``G``.
+    """
+
+    def __init__(self, width: int, edge_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(2 * width + edge_dim, width)
+
+    def attention(self, v: Tensor, edge_src: Tensor, edge_dst: Tensor, u: Tensor) -> Tensor:
+        """Attention weights ``c_ij``: ``[E]``, summing to one over each atom's incoming edges."""
+        logits = (v.index_select(0, edge_dst) * v.index_select(0, edge_src)).sum(-1)
+        logits = logits * (u * u).sum(-1)
+        return softmax(logits, edge_dst, num_nodes=v.shape[0])
+
+    def forward(self, v: Tensor, edge_src: Tensor, edge_dst: Tensor, u: Tensor) -> Tensor:
+        """Update atom features.
+
+        Args:
+            v: ``[n_atoms, F]`` atom features.
+            edge_src: ``[E]`` neighbour index ``j``.
+            edge_dst: ``[E]`` centre index ``i``.
+            u: ``[E, G]`` edge features.
+
+        Returns:
+            ``[n_atoms, F]``.
+        """
+        c = self.attention(v, edge_src, edge_dst, u)
+        z = torch.cat([v.index_select(0, edge_dst), v.index_select(0, edge_src), u], dim=-1)
+        msg = c.unsqueeze(-1) * F.softplus(self.fc(z))
+        return v + v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
+
+
 @register_backbone("cgcnn")
 class CGCNN(Backbone):
     """Crystal graph convolutional network backbone.
@@ -83,6 +141,8 @@ class CGCNN(Backbone):
 
     graph_defaults = dict(CGCNN_GRAPH_DEFAULTS)
     equivariant = False
+    #: the convolution, built as ``conv_class(width, edge_dim)`` for each layer
+    conv_class: ClassVar[type[nn.Module]] = CGCNNConv
 
     def __init__(
         self,
@@ -117,7 +177,7 @@ class CGCNN(Backbone):
         self.num_species = int(num_species)
         self.expansion = GaussianBasis(gaussian_start, gaussian_stop, gaussian_step, gaussian_width)
         self.convs = nn.ModuleList(
-            CGCNNConv(width, self.expansion.num_basis) for _ in range(n_conv)
+            self.conv_class(width, self.expansion.num_basis) for _ in range(n_conv)
         )
         self.out_spec = int(width)
 
@@ -141,3 +201,11 @@ class CGCNN(Backbone):
         for conv in self.convs:
             v = conv(v, src, dst, u)
         return {K.NODE_FEATURES: v}
+
+
+@register_backbone("cgcnn-attention")
+class CGCNNAttention(CGCNN):
+    """CGCNN with softmax attention instead of the sigmoid gate (:class:`AttentionConv`; see
+    the module docstring). Same arguments as :class:`CGCNN`."""
+
+    conv_class = AttentionConv

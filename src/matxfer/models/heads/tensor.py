@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from matxfer import keys as K
 from matxfer.interfaces import OutSpec
-from matxfer.models.backbones.equivariant import Gate, reset_e3nn_parameters
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
+from matxfer.nn.e3 import Gate, reset_e3nn_parameters
 from matxfer.nn.pooling import check_reduce, graph_index, pool
 from matxfer.normalize import cartesian_basis, formula_rank, refresh_basis
 

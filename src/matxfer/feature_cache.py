@@ -1,10 +1,13 @@
 """Frozen-backbone features, computed once per dataset and reused.
 
 With the ``head`` recipe every backbone parameter is frozen and its modules run in eval
-mode, so its outputs depend only on the structure. :func:`fit` then computes the backbone
-outputs of the training and validation crystals once, stores them on the graphs and lets
-:class:`~matxfer.models.base.PropertyModel` read them instead of running the backbone each
-epoch (exact, not an approximation: the heads see the same numbers). The outputs are also
+mode, so its outputs depend only on the structure. :func:`~matxfer.train.loop.fit` then
+computes the backbone outputs of the training and validation crystals once, stores them on
+the graphs (:func:`attach_outputs`) and installs :func:`read_cached_outputs` on the backbone:
+its calls then return the stored outputs of a batch that carries them instead of running
+the network each epoch (exact, not an approximation: the heads see the same numbers), and
+run it as before on a batch that does not. The model classes know nothing of this; the
+backbone's state dict and config are untouched. The outputs are also
 kept on disk under ``cache_dir()/features/``, keyed by a hash of the backbone (class,
 config and every parameter and buffer) and of the graph settings, so the other cells of a
 study (seeds, training sizes, heads) that use the same frozen backbone on the same data do
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.cache_io import save_torch, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +137,44 @@ def cached_outputs(data) -> dict[str, Tensor] | None:
     return out
 
 
+class _CachedForward:
+    """A backbone's ``forward`` that returns the outputs stored on a batch when it carries
+    them (:func:`cached_outputs`) and runs the backbone's own ``forward`` otherwise."""
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+
+    def __call__(self, data, *args, **kwargs):
+        out = cached_outputs(data) if not args and not kwargs else None
+        if out is None:
+            out = type(self.backbone).forward(self.backbone, data, *args, **kwargs)
+        return out
+
+
+def read_cached_outputs(backbone: nn.Module) -> None:
+    """Make ``backbone(batch)`` return the outputs stored on the batch when present.
+
+    The backbone's ``forward`` is replaced on the instance only (its class, parameters,
+    state-dict keys and config stay as they are; a deep copy of the model copies the
+    replacement with it); :func:`stop_reading_cached_outputs` restores it.
+    """
+    if not isinstance(backbone.__dict__.get("forward"), _CachedForward):
+        backbone.forward = _CachedForward(backbone)
+
+
+def stop_reading_cached_outputs(backbone: nn.Module) -> None:
+    """Undo :func:`read_cached_outputs` (nothing happens when it was not installed)."""
+    if isinstance(backbone.__dict__.get("forward"), _CachedForward):
+        del backbone.forward
+
+
+def reads_cached_outputs(backbone: nn.Module) -> bool:
+    """True while :func:`read_cached_outputs` is installed on ``backbone``."""
+    return isinstance(backbone.__dict__.get("forward"), _CachedForward)
+
+
 def _store_path(root: Path, backbone_fp: str, settings: dict) -> Path:
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    key = stable_hash(settings)[:12]
     return root / "features" / f"{backbone_fp}-{key}-v{FORMAT}.pt"
 
 
@@ -186,10 +226,8 @@ def load_or_compute(
         for i, o in zip(missing, fresh):
             store[keys[i]] = o
         if path is not None:
-            from matxfer.data.graph_cache import save_atomic
-
             try:
-                save_atomic(path, store)
+                save_torch(path, store)
             except OSError as exc:
                 log.warning("could not write feature cache %s: %s", path, exc)
     stats = {"reused": len(graphs) - len(missing), "computed": len(missing)}
