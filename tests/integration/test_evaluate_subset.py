@@ -35,6 +35,9 @@ def _count_builds(monkeypatch, budget: int | None = None) -> list[str]:
 def test_evaluate_parses_only_the_split_it_scores(tmp_path, data_dir, monkeypatch):
     from matxfer.train.cli import evaluate_checkpoint
 
+    # a cold cache: a full parse cached by an earlier run would serve the ids without parsing
+    monkeypatch.setenv("MATXFER_CACHE_DIR", str(tmp_path / "cache"))
+
     raw = {
         "name": "lim",
         "out": str(tmp_path / "lim"),
