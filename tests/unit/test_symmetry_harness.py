@@ -13,6 +13,7 @@ import re
 import pytest
 import torch
 from e3nn import o3
+from test_models import TINY
 from torch import nn
 
 from matxfer import keys as K
@@ -31,18 +32,11 @@ from matxfer.testing import (
     transform_cartesian,
 )
 
-#: small configurations (the same as tests/unit/test_models.py and test_local_frame.py);
-#: CHGNet keeps its pretrained 0.3.0 weights (shipped with the chgnet wheel), SevenNet-0
-#: its first two blocks
+#: small configurations: those of test_models.py plus the backbones it leaves at their
+#: defaults; CHGNet keeps its pretrained 0.3.0 weights (shipped with the chgnet wheel),
+#: SevenNet-0 its first two blocks
 TINY_BACKBONES: dict[str, dict] = {
-    "cgcnn": {"width": 16, "n_conv": 2},
-    "cgcnn-attention": {"width": 16, "n_conv": 2},
-    "equivariant": {
-        "hidden_irreps": "4x0e+4x0o+2x1o+2x1e+2x2e+2x2o+1x3o+1x3e+1x4e",
-        "n_layers": 2,
-        "radial_hidden": [16],
-    },
-    "alignn": {"width": 16, "n_alignn": 1, "n_gcn": 1, "embedding_dim": 8},
+    **TINY,
     "local-frame": {"width": 12, "n_layers": 2, "num_radial": 6},
     "chgnet": {},
     "sevennet": {"layers": [0, 1]},

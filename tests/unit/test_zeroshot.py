@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matcalc")
-from ase.calculators.emt import EMT  # noqa: E402
-from pymatgen.core import Lattice, Structure  # noqa: E402
+from ase.calculators.emt import EMT
+from pymatgen.core import Lattice, Structure
 
-from matxfer.tensors import elastic_moduli  # noqa: E402
-from matxfer.zeroshot import ZeroShotSettings, ZeroShotStore, compute  # noqa: E402
+from matxfer.tensors import elastic_moduli
+from matxfer.zeroshot import ZeroShotSettings, ZeroShotStore, compute
 
 
 class CountingEMT(EMT):
