@@ -147,11 +147,6 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/registry.py still imports matxfer.models.backbones and .heads (which import "
-    "the registry) at its bottom; remove this marker once the registry looks names up lazily",
-)
 def test_module_level_imports_have_no_cycles():
     mods, edges = _graph()
     graph: dict[str, set[str]] = {}

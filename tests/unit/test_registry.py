@@ -156,3 +156,53 @@ def test_every_backbone_registers_whichever_module_is_imported_first(first):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "chgnet" in out.stdout and "sevennet" in out.stdout
     assert "could not import" not in out.stderr
+
+
+def test_registry_lists_names_without_importing_their_modules():
+    import subprocess
+    import sys
+
+    code = ("import sys, matxfer.models.registry as r; names = sorted(r.BACKBONES); "
+            "heads = sorted(r.HEADS); "
+            "print(names, heads, [m for m in sys.modules if m.startswith('matxfer.models.backbones.') "
+            "or m.startswith('matxfer.models.heads.') "
+            "or m.startswith('matxfer.pretrained.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names, heads, loaded = out.stdout.strip().split("] [")
+    assert "'sevennet'" in names and "'local-frame'" in names and "'tensor-product'" in heads
+    assert loaded.strip("[]") == "", loaded  # nothing imported to list the names
+
+
+def test_a_listed_backbone_whose_module_fails_raises_naming_it(monkeypatch):
+    from matxfer.models import registry as r
+
+    monkeypatch.setitem(r.BACKBONES._modules, "broken-net", "matxfer.models.backbones._no_such")
+    assert "broken-net" in r.BACKBONES
+    with pytest.raises(r.RegistryImportError, match=r"broken-net.*_no_such.*could not be imported"):
+        r.build_backbone({"name": "broken-net"})
+    with pytest.raises(r.RegistryImportError):
+        r.BACKBONES.get("broken-net")
+    # a module that imports but does not register the name it is listed for
+    monkeypatch.setitem(r.HEADS._modules, "ghost-head", "matxfer.models.heads.scalar")
+    with pytest.raises(r.RegistryImportError, match="registered no such name"):
+        r.HEADS["ghost-head"]
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        r.build_backbone({"name": "nope"})
+
+
+def test_every_listed_name_is_the_class_its_module_registers():
+    from matxfer.models import registry as r
+
+    for table, listed in ((r.BACKBONES, r.BUILTIN_BACKBONES), (r.HEADS, r.BUILTIN_HEADS)):
+        for name, module in listed.items():
+            cls = table[name]
+            assert cls.registry_name == name and cls.__module__ == module
+
+
+def test_entry_point_plugins_are_listed(monkeypatch):
+    from matxfer.models import registry as r
+
+    table = r.LazyTable("backbone", {}, "matxfer.backbones")
+    monkeypatch.setattr(r, "_entry_point_modules",
+                        lambda group: {"plugin-net": "matxfer.models.backbones.cgcnn"})
+    assert list(table) == ["plugin-net"] and table.module_of("plugin-net").endswith("cgcnn")

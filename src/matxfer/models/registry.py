@@ -1,10 +1,19 @@
 """The only name -> class look-up for backbones and heads.
 
-Built-in names: backbones ``cgcnn``, ``cgcnn-attention``, ``equivariant``; heads ``scalar``,
-``tensor``, ``born``. Other modules add more with the decorators::
+Every built-in name is listed in :data:`BUILTIN_BACKBONES` / :data:`BUILTIN_HEADS` with the
+module that defines it; the module is imported the first time its name is looked up, so
+nothing is imported for a name that is never used and the registry imports none of its
+classes' modules at load time (no import cycle). A module whose import fails raises
+:class:`RegistryImportError` naming the module and the cause: a listed backbone never
+vanishes from the registry silently.
 
-    @register_backbone("alignn")
-    class ALIGNN(Backbone): ...
+Other code adds classes with the decorators::
+
+    @register_backbone("my-backbone")
+    class MyBackbone(Backbone): ...
+
+and other packages through the entry-point groups ``matxfer.backbones`` and
+``matxfer.heads`` (``name = "package.module"``: the module registers ``name`` when imported).
 
 Configs name a class and its keyword arguments: ``{"name": "cgcnn", "n_conv": 4}``.
 """
@@ -14,7 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import pkgutil
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -25,16 +34,142 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKBONES: dict[str, type] = {}
-HEADS: dict[str, type] = {}
+#: built-in backbone name -> the module whose import registers it
+BUILTIN_BACKBONES: dict[str, str] = {
+    "cgcnn": "matxfer.models.backbones.cgcnn",
+    "cgcnn-attention": "matxfer.models.backbones.cgcnn",
+    "equivariant": "matxfer.models.backbones.equivariant",
+    "alignn": "matxfer.models.backbones.alignn",
+    "local-frame": "matxfer.models.backbones.local_frame",
+    "chgnet": "matxfer.pretrained.chgnet_backbone",
+    "sevennet": "matxfer.pretrained.sevennet_backbone",
+}
+
+#: built-in head name -> the module whose import registers it
+BUILTIN_HEADS: dict[str, str] = {
+    "scalar": "matxfer.models.heads.scalar",
+    "tensor": "matxfer.models.heads.tensor",
+    "born": "matxfer.models.heads.tensor",
+    "tensor-product": "matxfer.models.heads.tensor",
+    "edge-tensor": "matxfer.models.heads.edge_tensor",
+    "edge-atom-tensor": "matxfer.models.heads.edge_tensor",
+    "energy": "matxfer.models.heads.energy_forces",
+    "direct-forces": "matxfer.models.heads.energy_forces",
+    "conservative-forces": "matxfer.models.heads.energy_forces",
+}
 
 
-def _register(table: dict[str, type], kind: str, name: str):
+class RegistryImportError(ImportError):
+    """The module that defines a registered name could not be imported."""
+
+
+def _entry_point_modules(group: str) -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    try:
+        return {ep.name: ep.value.split(":")[0] for ep in entry_points(group=group)}
+    except Exception as exc:  # noqa: BLE001 - broken distribution metadata: say so, go on
+        log.warning("could not read the %s entry points: %s", group, exc)
+        return {}
+
+
+class LazyTable(MutableMapping):
+    """name -> class, importing the defining module of a listed name on first look-up.
+
+    Iterating gives every known name (registered or listed) without importing anything;
+    reading a value imports its module. Names registered by the decorators are stored
+    directly.
+    """
+
+    def __init__(self, kind: str, modules: dict[str, str], group: str) -> None:
+        self.kind = kind
+        self._modules = dict(modules)
+        self._group = group
+        self._plugins_read = False
+        self._classes: dict[str, type] = {}
+
+    def _read_plugins(self) -> None:
+        if not self._plugins_read:
+            self._plugins_read = True
+            for name, module in _entry_point_modules(self._group).items():
+                self._modules.setdefault(name, module)
+
+    def module_of(self, name: str) -> str | None:
+        """The module that defines ``name`` (None for a class registered at run time only)."""
+        self._read_plugins()
+        return self._modules.get(name)
+
+    def _load(self, name: str) -> type | None:
+        cls = self._classes.get(name)
+        if cls is not None:
+            return cls
+        module = self.module_of(name)
+        if module is None:
+            return None
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise RegistryImportError(
+                f"{self.kind} {name!r} is defined in {module}, which could not be imported: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        cls = self._classes.get(name)
+        if cls is None:
+            raise RegistryImportError(
+                f"{self.kind} {name!r} is listed as defined in {module}, but importing it "
+                "registered no such name"
+            )
+        return cls
+
+    def __getitem__(self, name: str) -> type:
+        cls = self._load(name) if isinstance(name, str) else None
+        if cls is None:
+            raise KeyError(name)
+        return cls
+
+    def get(self, name, default=None):  # type: ignore[override]
+        """Like ``dict.get``, except that a listed name whose module fails still raises."""
+        if not isinstance(name, str):
+            return default
+        cls = self._load(name)
+        return default if cls is None else cls
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        self._read_plugins()
+        return name in self._classes or name in self._modules
+
+    def __setitem__(self, name: str, cls: type) -> None:
+        self._classes[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._classes:
+            raise KeyError(name)
+        del self._classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._read_plugins()
+        return iter(sorted(set(self._classes) | set(self._modules)))
+
+    def __len__(self) -> int:
+        self._read_plugins()
+        return len(set(self._classes) | set(self._modules))
+
+    def __repr__(self) -> str:
+        return f"LazyTable({self.kind}: {list(self)})"
+
+
+BACKBONES = LazyTable("backbone", BUILTIN_BACKBONES, "matxfer.backbones")
+HEADS = LazyTable("head", BUILTIN_HEADS, "matxfer.heads")
+
+
+def _register(table: LazyTable, kind: str, name: str):
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
 
     def deco(cls):
-        other = table.get(name)
+        other = table._classes.get(name)
         if other is not None and other.__qualname__ != cls.__qualname__:
             raise ValueError(f"{kind} name {name!r} is already registered to {other.__name__}")
         cls.registry_name = name
@@ -42,26 +177,6 @@ def _register(table: dict[str, type], kind: str, name: str):
         return cls
 
     return deco
-
-
-def import_submodules(package: str, path) -> list[str]:
-    """Import every module of a package (so their classes register); returns their names.
-
-    A module that fails to import is reported with a warning and skipped, so one broken
-    optional backbone does not take the others down.
-    """
-    done = []
-    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        name = f"{package}.{info.name}"
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - report and keep the rest usable
-            log.warning("could not import %s (its registrations are missing): %s", name, exc)
-            continue
-        done.append(name)
-    return done
 
 
 def register_backbone(name: str):
@@ -202,16 +317,3 @@ def build_model(model_cfg: dict[str, Any], tasks: dict[str, Any]):
     heads = nn.ModuleDict({t: build_head(c, backbone.out_spec) for t, c in heads_cfg.items()})
     norms = nn.ModuleDict({t: build_normalizer(tasks[t]) for t in heads_cfg})
     return PropertyModel(backbone, heads, norms, tasks)
-
-
-# register the built-in classes (their modules import the decorators above)
-import matxfer.models.backbones  # noqa: E402,F401
-import matxfer.models.heads  # noqa: E402,F401
-
-#: packages outside matxfer.models whose import registers more classes
-PLUGIN_PACKAGES = ("matxfer.pretrained.chgnet_backbone", "matxfer.pretrained.sevennet_backbone")
-for _pkg in PLUGIN_PACKAGES:
-    try:
-        importlib.import_module(_pkg)
-    except Exception as _exc:  # noqa: BLE001
-        log.warning("could not import %s (its registrations are missing): %s", _pkg, _exc)

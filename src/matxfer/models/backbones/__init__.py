@@ -1,15 +1,6 @@
-"""Built-in backbones (importing this package registers them).
+"""Built-in backbones, one module each.
 
-Every other module placed in this package (e.g. ``alignn``) is imported too, so a backbone
-registers itself just by living here.
+A module here registers its classes when imported; :mod:`matxfer.models.registry` lists
+every built-in name with its module (``BUILTIN_BACKBONES``) and imports the module on the
+first look-up of the name. A new backbone is one module here plus one line in that table.
 """
-
-from __future__ import annotations
-
-from matxfer.models.backbones.cgcnn import CGCNN, CGCNNAttention
-from matxfer.models.backbones.equivariant import EquivariantBackbone
-from matxfer.models.registry import import_submodules
-
-import_submodules(__name__, __path__)
-
-__all__ = ["CGCNN", "CGCNNAttention", "EquivariantBackbone"]

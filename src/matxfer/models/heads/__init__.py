@@ -1,15 +1,6 @@
-"""Built-in heads (importing this package registers them).
+"""Built-in heads, one module each.
 
-Every other module placed in this package (e.g. ``edge_tensor``) is imported too, so a head
-registers itself just by living here.
+A module here registers its classes when imported; :mod:`matxfer.models.registry` lists
+every built-in name with its module (``BUILTIN_HEADS``) and imports the module on the first
+look-up of the name. A new head is one module here plus one line in that table.
 """
-
-from __future__ import annotations
-
-from matxfer.models.heads.scalar import ScalarHead
-from matxfer.models.heads.tensor import BornHead, TensorHead
-from matxfer.models.registry import import_submodules
-
-import_submodules(__name__, __path__)
-
-__all__ = ["BornHead", "ScalarHead", "TensorHead"]
