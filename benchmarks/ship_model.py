@@ -27,16 +27,24 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default=None)
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--shipped", default=None, help="folder to write (default: the package's)")
     p.add_argument("--work-dir", default=None, help="member runs (default runs/ship-NAME)")
     p.add_argument("--description", default="")
+    p.add_argument("--refresh-card", action="store_true",
+                   help="only rewrite NAME's card and index entry from its stored metrics")
     p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     words = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(words)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from matxfer.shipped.build import ship_model
+    from matxfer.shipped.build import refresh_card, ship_model
+
+    if args.refresh_card:
+        print(refresh_card(args.name, args.shipped))
+        return 0
+    if not args.config:
+        p.error("--config is required (unless --refresh-card)")
 
     entry = ship_model(args.name, args.config, args.members, args.overrides, args.shipped,
                        args.work_dir, args.description,

@@ -347,3 +347,30 @@ def test_elastic_metrics_report_k_and_g_vrh_mae():
     true = np.stack([_isotropic(100.0, 50.0), _isotropic(90.0, 30.0)])
     m = tensor_metrics(pred, true, "ijkl=jikl=klij")
     assert m["k_vrh_mae"] == pytest.approx(10.0) and m["g_vrh_mae"] == pytest.approx(2.5)
+
+
+def test_card_puts_baselines_and_the_seed_spread_beside_the_ensemble(tiny_checkpoint, tmp_path):
+    from matxfer.shipped import load_index, write_index
+    from matxfer.shipped.build import member_spread, refresh_card
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    ck = load_checkpoint(tiny_checkpoint)
+    test = {"band_gap": {"mae": 0.4, "n": 3, "baselines": {"zero": {"mae": 1.5},
+                                                            "train_mean": {"mae": 0.9}}}}
+    ck["metrics"] = {"test": test, "split": "test",
+                     "by_crystal_system": {"cubic": {"n": 3, "metrics": {"band_gap": {"mae": 0.4}}}},
+                     "members": [{"band_gap": {"mae": 0.5}}, {"band_gap": {"mae": 0.7}}],
+                     "wall_time_s": 12.0}
+    ck["provenance"] = {**ck["provenance"], "command": "ship it", "config_file": "c.yaml"}
+    save_checkpoint(ck, folder / "gap.ckpt")
+    write_index({"gap": {"file": "gap.ckpt", "card": "gap.md", "members": 2,
+                         "description": "a test model"}}, folder)
+    assert member_spread(ck["metrics"]["members"]) == {"band_gap": {"mae": (0.6, pytest.approx(0.1))}}
+    card = refresh_card("gap", folder).read_text()
+    assert "| metric | ensemble | members (mean ± std) | predict zero | training mean |" in card
+    assert "| mae | 0.4 | 0.6 ± 0.1 | 1.5 | 0.9 |" in card
+    assert "| cubic | 3 | 0.4 |" in card and "ship it" in card
+    assert load_index(folder)["gap"]["metrics"]["test"] == {"band_gap": {"mae": 0.4, "n": 3}}
+    with pytest.raises(ValueError, match="no shipped model 'nope'"):
+        refresh_card("nope", folder)

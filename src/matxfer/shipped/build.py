@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 
 #: metrics put in index.json and the card's tables, per kind of target (when present)
 HEADLINE = (
-    "mae", "rmse", "r2", "mae_voigt", "k_vrh_mae", "g_vrh_mae", "mean_eig_mae", "eij_max_mae",
-    "frac_pos_def",
+    "mae", "rmse", "r2", "mae_voigt", "fnorm", "ewt25", "k_vrh_mae", "g_vrh_mae",
+    "log10_k_vrh_mae", "log10_g_vrh_mae", "mean_eig_mae", "eij_max_mae", "frac_pos_def",
 )
+#: reference predictors scored on the same crystals (metrics.tensor_metrics' baselines)
+BASELINES = {"zero": "predict zero", "train_mean": "training mean"}
 
 
 def _headline(metrics: dict) -> dict[str, dict[str, float]]:
@@ -68,6 +70,20 @@ def evaluate_ensemble(ckpt: dict, cfg) -> dict[str, Any]:
         m, _ = evaluate_graphs(model, tasks, data.subset(sub), symprec=symprec)
         by_system[system] = {"n": len(sub), "metrics": _headline(m)}
     return {"split": which, "n": len(ids), "overall": overall, "by_crystal_system": by_system}
+
+
+def member_spread(members: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Mean and standard deviation over the members' own test metrics (the seed spread)."""
+    import numpy as np
+
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for m in members:
+        for t, row in _headline(m).items():
+            for k, v in row.items():
+                if k != "n" and np.isfinite(v):
+                    out.setdefault(t, {}).setdefault(k, []).append(v)  # type: ignore[arg-type]
+    return {t: {k: (float(np.mean(v)), float(np.std(v))) for k, v in row.items()}
+            for t, row in out.items()}
 
 
 def _fmt(v: Any) -> str:
@@ -117,12 +133,23 @@ def model_card(name: str, ckpt: dict, evaluation: dict, info: dict) -> str:
     lines.append(f"- written: {info['created']}, matxfer {ckpt.get('versions', {}).get('matxfer')}")
     lines += ["", f"## Test metrics ({evaluation['split']} split, n={evaluation['n']})", ""]
     head = _headline(evaluation["overall"])
+    spread = member_spread(evaluation.get("members") or [])
     for t, row in head.items():
+        base = evaluation["overall"][t].get("baselines") or {}
+        cols = [b for b in BASELINES if isinstance(base.get(b), dict)]
         lines.append(f"**{t}**")
         lines.append("")
-        lines.append("| metric | value |")
-        lines.append("|---|---|")
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in row.items()]
+        lines.append("| metric | ensemble | members (mean ± std) | "
+                     + " | ".join(BASELINES[b] for b in cols) + " |")
+        lines.append("|---|---|---|" + "---|" * len(cols))
+        for k, v in row.items():
+            if k == "n":
+                continue
+            ms = spread.get(t, {}).get(k)
+            cells = [_fmt(base[b].get(k, "-")) for b in cols]
+            lines.append(f"| {k} | {_fmt(v)} | "
+                         + (f"{ms[0]:.4g} ± {ms[1]:.2g}" if ms else "-") + " | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### By crystal system", ""]
     keys = sorted({k for s in evaluation["by_crystal_system"].values()
@@ -212,6 +239,7 @@ def ship_model(
     ck_path = save_checkpoint(ckpt, folder / f"{name}.ckpt")
     info = {"description": description, "command": command, "config": str(config),
             "wall_time_s": wall, "members": members, "created": created}
+    evaluation["members"] = member_metrics
     card = model_card(name, ckpt, evaluation, info)
     (folder / f"{name}.md").write_text(card)
     entry = {
@@ -232,3 +260,36 @@ def ship_model(
     write_index(index, folder)
     log.info("shipped %s -> %s (%d bytes)", name, ck_path, entry["size_bytes"])
     return entry
+
+
+def refresh_card(name: str, shipped: str | Path | None = None) -> Path:
+    """Rewrite a shipped model's card and index entry from the metrics stored in its
+    checkpoint (no training, no evaluation): for a card format that changed."""
+    from matxfer.checkpoint import load_checkpoint
+    from matxfer.jsonout import json_safe
+    from matxfer.shipped import load_index, shipped_dir, write_index
+
+    folder = Path(shipped or shipped_dir())
+    index = load_index(folder)
+    if name not in index:
+        raise ValueError(f"no shipped model {name!r} in {folder} (shipped: {sorted(index)})")
+    entry = index[name]
+    ckpt = load_checkpoint(folder / entry["file"])
+    m = ckpt.get("metrics") or {}
+    prov = ckpt.get("provenance") or {}
+    evaluation = {"split": m.get("split", "test"), "overall": m.get("test") or {},
+                  "by_crystal_system": m.get("by_crystal_system") or {},
+                  "members": m.get("members") or []}
+    evaluation["n"] = entry.get("metrics", {}).get("n") or next(
+        (r.get("n") for r in evaluation["overall"].values() if isinstance(r, dict)), 0)
+    info = {"description": entry.get("description", ""), "command": prov.get("command", ""),
+            "config": prov.get("config_file", ""), "wall_time_s": float(m.get("wall_time_s", 0)),
+            "members": entry.get("members", len(ckpt.get("members") or [1])),
+            "created": entry.get("created", "")}
+    card = folder / entry.get("card", f"{name}.md")
+    card.write_text(model_card(name, ckpt, evaluation, info))
+    entry["metrics"] = json_safe({"split": evaluation["split"], "n": evaluation["n"],
+                                  "test": _headline(evaluation["overall"])})
+    index[name] = entry
+    write_index(index, folder)
+    return card
