@@ -217,7 +217,7 @@ def _rank_of_formula(formula: str) -> int:
     return len(formula.split("=")[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cartesian_tensor(formula: str):
     """The ``e3nn.io.CartesianTensor`` of a formula, built once per process.
 
@@ -249,7 +249,7 @@ def irreps_of(formula: str):
 _BUILD_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _change_of_basis_f64(formula: str) -> torch.Tensor:
     """Change of basis ``Q [irreps.dim, 3, ..., 3]`` in float64, built once per formula.
 
@@ -268,7 +268,7 @@ def _change_of_basis_f64(formula: str) -> torch.Tensor:
     return q.to(torch.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _change_of_basis_cached(formula: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _change_of_basis_f64(formula).to(dtype=dtype, device=device)
 

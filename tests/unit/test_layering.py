@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import matxfer
 
 SRC = Path(matxfer.__file__).resolve().parent

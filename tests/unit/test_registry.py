@@ -206,3 +206,27 @@ def test_entry_point_plugins_are_listed(monkeypatch):
     monkeypatch.setattr(r, "_entry_point_modules",
                         lambda group: {"plugin-net": "matxfer.models.backbones.cgcnn"})
     assert list(table) == ["plugin-net"] and table.module_of("plugin-net").endswith("cgcnn")
+
+
+def test_every_decorated_name_in_the_package_is_in_the_lazy_table():
+    """A class registered with @register_backbone / @register_head inside matxfer but missing
+    from BUILTIN_BACKBONES / BUILTIN_HEADS would be unreachable by name: fail instead."""
+    import ast
+    from pathlib import Path
+
+    import matxfer
+    from matxfer.models import registry as r
+
+    root = Path(matxfer.__file__).resolve().parent
+    found: dict[str, dict[str, str]] = {"register_backbone": {}, "register_head": {}}
+    for path in root.rglob("*.py"):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for deco in node.decorator_list:
+                    if (isinstance(deco, ast.Call) and isinstance(deco.func, ast.Name)
+                            and deco.func.id in found and deco.args
+                            and isinstance(deco.args[0], ast.Constant)):
+                        found[deco.func.id][deco.args[0].value] = module
+    assert found["register_backbone"] == r.BUILTIN_BACKBONES
+    assert found["register_head"] == r.BUILTIN_HEADS

@@ -230,7 +230,7 @@ def test_inversion_natural_parity(backbone64, zno, skewed, nacl):
     assert max(polar.values()) < 1e-8
     # rock salt: l > 0 features vanish by the cubic site symmetry, scalars are even
     feats = _feats(backbone64, nacl)
-    for t, l, sl in _block_slices(backbone64):
+    for _t, l, sl in _block_slices(backbone64):
         if l > 0:
             assert feats[:, sl].abs().max() < 1e-12
     assert max(_parity_deviation(backbone64, nacl)[(t, 0)] for t in range(5)) < 1e-12

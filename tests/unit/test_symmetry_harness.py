@@ -73,7 +73,7 @@ def _pairs():
     out = []
     for bb in sorted(BACKBONES):
         for head in sorted(HEADS):
-            for k, (cfg, task) in enumerate(_cases(head)):
+            for _k, (cfg, task) in enumerate(_cases(head)):
                 label = cfg.get("formula", "")
                 out.append(pytest.param(bb, cfg, task, id=f"{bb}-{head}{'-' + label if label else ''}"))
     return out

@@ -472,7 +472,7 @@ class SevenNetBackbone(Backbone):
         pieces = []
         for t, irreps in zip(self.used_layers, self.sevennet_irreps):
             f, g = plus[t], minus[t]
-            for (mul, ir), sl in zip(irreps, irreps.slices()):
+            for (_mul, ir), sl in zip(irreps, irreps.slices()):
                 even = 0.5 * (f[:, sl] + g[:, sl])
                 odd = 0.5 * (f[:, sl] - g[:, sl])
                 if self.parity == "split":
