@@ -306,7 +306,8 @@ def _load_plugins() -> None:
     import importlib
 
     for mod in (
-        "matxfer.train.cli", "matxfer.study.cli", "matxfer.pretrained.cli", "matxfer.shipped.cli"
+        "matxfer.train.cli", "matxfer.study.cli", "matxfer.pretrained.cli", "matxfer.shipped.cli",
+        "matxfer.zeroshot_cli",
     ):
         try:
             importlib.import_module(mod)

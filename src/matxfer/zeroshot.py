@@ -253,3 +253,70 @@ def compute(
     finally:
         bar.close()
     return {mid: store.entries[mid] for mid, _ in items if mid in store.entries}
+
+
+def user_store(settings: ZeroShotSettings, root: Path | None = None) -> ZeroShotStore:
+    """The store of zero-shot results on a user's own structure files (keyed by the name the
+    structure is reported under and its structure hash, so an edited file is recomputed)."""
+    return ZeroShotStore.for_dataset("files", settings, root)
+
+
+def zeroshot_files(
+    inputs: list[str | Path],
+    settings: ZeroShotSettings,
+    store: ZeroShotStore | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    calculator=None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Zero-shot elastic tensors of structure files and folders, like ``matxfer predict``.
+
+    Returns ``(results, errors)``: each result has the Voigt (6x6) and Cartesian
+    (3x3x3x3) tensor in GPa and the derived quantities of
+    :func:`matxfer.predict.elastic_quantities` (K/G/E VRH, Poisson ratio, universal
+    anisotropy, Born stability); a file that cannot be read, a structure that fails the
+    structure checks and a crystal the potential cannot handle each get an entry in
+    ``errors`` (``{"input", "error"}``) and the others go on. Results are kept in ``store``
+    (default :func:`user_store`), so a rerun computes only what is missing.
+    """
+    from matxfer.data.records import RecordError, check_structure
+    from matxfer.predict import elastic_quantities, expand_inputs, read_structures
+    from matxfer.tensors import voigt_to_cartesian
+
+    files = expand_inputs(inputs)
+    if not files:
+        raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")
+    items, errors = [], []
+    for f in files:
+        try:
+            for name, s in read_structures(f):
+                check_structure(str(f), s)
+                items.append((name if name != f.stem else str(f), s))
+        except RecordError as exc:
+            errors.append({"input": str(f), "error": exc.reason})
+        except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the rest
+            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+    store = store if store is not None else user_store(settings)
+    rows = compute(items, settings, store, retry_failed=retry_failed, progress=progress,
+                   calculator=calculator) if items else {}
+    results = []
+    for name, s in items:
+        row = rows.get(name)
+        if row is None or row.get("voigt") is None:
+            err = (row or {}).get("error") or "no result"
+            errors.append({"input": name, "error": f"zero-shot elastic tensor failed: {err}"})
+            continue
+        voigt = np.asarray(row["voigt"], dtype=float)
+        cart = np.asarray(voigt_to_cartesian(voigt, 4), dtype=float)
+        results.append({
+            "name": name,
+            "formula": s.composition.reduced_formula,
+            "n_atoms": len(s),
+            "potential": settings.potential,
+            "mode": settings.mode,
+            "seconds": row.get("seconds"),
+            "fit_r2": row.get("r2"),
+            "elastic_tensor": {"voigt": voigt.tolist(), "cartesian": cart.tolist(),
+                               "units": "GPa", **elastic_quantities(cart)},
+        })
+    return results, errors

@@ -66,3 +66,39 @@ def test_settings_key_and_checks():
     assert ZeroShotSettings(relax_ions=True).key() != ZeroShotSettings(relax_ions=False).key()
     with pytest.raises(ValueError, match="unknown potential"):
         ZeroShotSettings(potential="nope")
+
+
+def test_zeroshot_command_on_a_folder_keeps_going_and_resumes(tmp_path, monkeypatch, capsys):
+    from matxfer import zeroshot as zs
+    from matxfer.cli import main
+
+    monkeypatch.setenv("MATXFER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(zs, "make_calculator", lambda potential: CountingEMT())
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    _cu().to(filename=str(folder / "cu.cif"))
+    Structure(Lattice.cubic(4.0), ["U"], [[0, 0, 0]]).to(filename=str(folder / "u.cif"))
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    out = tmp_path / "zs.json"
+    args = ["zeroshot", str(folder), "--out", str(out), "--clamped-ion"]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["predictions"]
+    assert row["name"].endswith("cu.cif") and row["mode"] == "clamped-ion"
+    el = row["elastic_tensor"]
+    assert np.asarray(el["voigt"]).shape == (6, 6) and np.asarray(el["cartesian"]).shape == (3, 3, 3, 3)
+    assert el["mechanically_stable"] and 100 < el["k_vrh"] < 200  # EMT copper
+    assert el["k_vrh"] == pytest.approx(elastic_moduli(np.asarray(el["cartesian"]))["k_vrh"])
+    errors = {e["input"].rsplit("/", 1)[-1]: e["error"] for e in doc["errors"]}
+    assert set(errors) == {"u.cif", "broken.cif"} and "U" in errors["u.cif"]
+    err = capsys.readouterr().err
+    assert "skipped" in err and "u.cif" in err
+    # a rerun computes nothing (the failure is remembered too) and gives the same numbers
+    calls = CountingEMT.calls
+    out2 = tmp_path / "zs.csv"
+    assert main(["zeroshot", str(folder), "--out", str(out2), "--clamped-ion"]) == 0
+    assert CountingEMT.calls == calls
+    assert "elastic_tensor.k_vrh" in out2.read_text().splitlines()[0]
+    assert main(["zeroshot", str(folder / "broken.cif"), "--out", str(out2)]) == 1
+    assert main(["zeroshot", str(folder), "--out", str(out2), "--potential", "mace"]) == 2
+    assert "unknown potential 'mace'" in capsys.readouterr().err
