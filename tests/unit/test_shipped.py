@@ -374,3 +374,37 @@ def test_card_puts_baselines_and_the_seed_spread_beside_the_ensemble(tiny_checkp
     assert load_index(folder)["gap"]["metrics"]["test"] == {"band_gap": {"mae": 0.4, "n": 3}}
     with pytest.raises(ValueError, match="no shipped model 'nope'"):
         refresh_card("nope", folder)
+
+
+def _si():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(Lattice.cubic(5.468), ["Si"] * 8,
+                     [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5], [0.25, 0.25, 0.25],
+                      [0.75, 0.75, 0.25], [0.75, 0.25, 0.75], [0.25, 0.75, 0.75]])
+
+
+def test_shipped_elastic_model_knows_silicon():
+    """The packaged `elastic` ensemble on diamond-cubic Si (not in a test split: a sanity
+    check of the shipped file, against the DFT moduli of MP mp-149, K_VRH 88 / G_VRH 62 GPa)."""
+    pytest.importorskip("sevenn", reason="the elastic model runs on SevenNet-0 (matxfer[sevennet])")
+    from matxfer.predict import Predictor
+    from matxfer.shipped import load_index
+
+    if "elastic" not in load_index():
+        pytest.fail("the package ships no `elastic` model")
+    (row,) = Predictor.from_pretrained("elastic").predict_structures([_si()])
+    el = row["elastic_tensor"]
+    assert 75 < el["k_vrh"] < 100 and 52 < el["g_vrh"] < 75, el
+    assert el["mechanically_stable"] and el["k_vrh_std"] < 10
+    c = np.asarray(el["voigt"])
+    assert np.allclose(c[:3, :3][np.triu_indices(3, 1)], c[0, 1], rtol=1e-4)  # cubic form
+    assert np.allclose(np.diag(c)[3:], c[3, 3], rtol=1e-4) and abs(c[0, 3]) < 1e-6 * c[0, 0]
+
+
+def test_shipped_piezo_model_gives_zero_for_a_centrosymmetric_crystal(nacl):
+    pytest.importorskip("chgnet", reason="the piezo model runs on CHGNet (matxfer[chgnet])")
+    from matxfer.predict import Predictor
+
+    (row,) = Predictor.from_pretrained("piezo").predict_structures([nacl])
+    assert np.abs(np.asarray(row["piezo_tensor"]["voigt"])).max() == 0.0

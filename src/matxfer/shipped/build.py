@@ -87,6 +87,8 @@ def member_spread(members: list[dict]) -> dict[str, dict[str, tuple[float, float
 
 
 def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"  # undefined (e.g. the moduli of the zero tensor)
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
