@@ -200,7 +200,7 @@ def _check_kwargs(cls: type, kind: str, name: str, kwargs: dict, skip: int) -> N
         raise ValueError(f"unknown {kind} {name!r} option(s) {unknown}; valid: {valid}")
 
 
-def _split_name(cfg: dict, kind: str, table: dict[str, type]) -> tuple[str, type, dict]:
+def _split_name(cfg: dict, kind: str, table: LazyTable) -> tuple[str, type, dict]:
     if not isinstance(cfg, dict):
         raise ValueError(f"{kind} config must be a dict with a 'name', got {cfg!r}")
     cfg = dict(cfg)
