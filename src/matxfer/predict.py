@@ -430,6 +430,30 @@ def add_member_std(mean: dict[str, Any], members: list[dict[str, Any]]) -> dict[
     return out
 
 
+def read_inputs(inputs: list[str | Path]) -> tuple[list[tuple[str, Structure]], list[dict]]:
+    """The structures of files and folders as ``(name, structure)``, checked with
+    :func:`~matxfer.data.records.check_structure`, and ``{"input", "error"}`` for each file
+    that cannot be read or fails the checks (the others are still returned).
+
+    Raises:
+        ValueError: no structure file among ``inputs``.
+    """
+    files = expand_inputs(inputs)
+    if not files:
+        raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")
+    items, errors = [], []
+    for f in files:
+        try:
+            for name, s in read_structures(f):
+                check_structure(str(f), s)
+                items.append((name if name != f.stem else str(f), s))
+        except RecordError as exc:
+            errors.append({"input": str(f), "error": exc.reason})
+        except Exception as exc:
+            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+    return items, errors
+
+
 def predict_files(
     ckpt: str | Path, inputs: list[str | Path], symprec: float | None = 0.01
 ) -> tuple[list[dict], list[dict]]:
@@ -439,22 +463,9 @@ def predict_files(
     this spglib tolerance (Angstrom); None keeps the raw model output.
     """
     pred = Predictor.from_checkpoint(ckpt, symprec=symprec)
-    files = expand_inputs(inputs)
-    if not files:
-        raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")
-    structures, names, errors = [], [], []
-    for f in files:
-        try:
-            for name, s in read_structures(f):
-                check_structure(str(f), s)
-                structures.append(s)
-                names.append(name if name != f.stem else str(f))
-        except RecordError as exc:
-            errors.append({"input": str(f), "error": exc.reason})
-        except Exception as exc:
-            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+    items, errors = read_inputs(inputs)
     results = []
-    for s, n in zip(structures, names):
+    for n, s in items:
         try:
             results.extend(pred.predict_structures([s], [n]))
         except Exception as exc:  # one bad crystal never kills the run

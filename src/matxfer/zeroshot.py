@@ -279,23 +279,10 @@ def zeroshot_files(
     ``errors`` (``{"input", "error"}``) and the others go on. Results are kept in ``store``
     (default :func:`user_store`), so a rerun computes only what is missing.
     """
-    from matxfer.data.records import RecordError, check_structure
-    from matxfer.predict import elastic_quantities, expand_inputs, read_structures
+    from matxfer.predict import elastic_quantities, read_inputs
     from matxfer.tensors import voigt_to_cartesian
 
-    files = expand_inputs(inputs)
-    if not files:
-        raise ValueError(f"no structure files found in {[str(i) for i in inputs]}")
-    items, errors = [], []
-    for f in files:
-        try:
-            for name, s in read_structures(f):
-                check_structure(str(f), s)
-                items.append((name if name != f.stem else str(f), s))
-        except RecordError as exc:
-            errors.append({"input": str(f), "error": exc.reason})
-        except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the rest
-            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+    items, errors = read_inputs(inputs)
     store = store if store is not None else user_store(settings)
     rows = compute(items, settings, store, retry_failed=retry_failed, progress=progress,
                    calculator=calculator) if items else {}

@@ -122,17 +122,12 @@ class LazyTable(MutableMapping):
         return cls
 
     def __getitem__(self, name: str) -> type:
+        # KeyError for an unknown name only: ``get`` (from Mapping) then gives its default,
+        # while a listed name whose module fails raises RegistryImportError through it
         cls = self._load(name) if isinstance(name, str) else None
         if cls is None:
             raise KeyError(name)
         return cls
-
-    def get(self, name, default=None):  # type: ignore[override]
-        """Like ``dict.get``, except that a listed name whose module fails still raises."""
-        if not isinstance(name, str):
-            return default
-        cls = self._load(name)
-        return default if cls is None else cls
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
