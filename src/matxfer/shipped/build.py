@@ -204,7 +204,7 @@ def ship_model(
     from matxfer.config import load_config
     from matxfer.jsonout import json_safe
     from matxfer.models.ensemble import make_ensemble
-    from matxfer.shipped import load_index, looks_like_name, shipped_dir, write_index
+    from matxfer.shipped import looks_like_name, shipped_dir
     from matxfer.train.loop import fit
 
     if not looks_like_name(name):
@@ -231,6 +231,7 @@ def ship_model(
     ckpt["metrics"] = json_safe({
         "test": evaluation["overall"],
         "split": evaluation["split"],
+        "n": evaluation["n"],
         "by_crystal_system": evaluation["by_crystal_system"],
         "members": member_metrics,
         "wall_time_s": wall,
@@ -239,11 +240,6 @@ def ship_model(
                           "config_file": str(config), "overrides": overrides}
     folder.mkdir(parents=True, exist_ok=True)
     ck_path = save_checkpoint(ckpt, folder / f"{name}.ckpt")
-    info = {"description": description, "command": command, "config": str(config),
-            "wall_time_s": wall, "members": members, "created": created}
-    evaluation["members"] = member_metrics
-    card = model_card(name, ckpt, evaluation, info)
-    (folder / f"{name}.md").write_text(card)
     entry = {
         "file": ck_path.name,
         "card": f"{name}.md",
@@ -253,14 +249,38 @@ def ship_model(
         "backbone": ckpt["model_config"]["backbone"].get("name"),
         "members": members,
         "size_bytes": ck_path.stat().st_size,
-        "metrics": json_safe({"split": evaluation["split"], "n": evaluation["n"],
-                              "test": _headline(evaluation["overall"])}),
         "created": created,
     }
+    entry = write_card(name, folder, ckpt, entry)
+    log.info("shipped %s -> %s (%d bytes)", name, ck_path, entry["size_bytes"])
+    return entry
+
+
+def write_card(name: str, folder: Path, ckpt: dict, entry: dict[str, Any]) -> dict[str, Any]:
+    """Write a shipped model's card and its index entry (with the headline test metrics)
+    from the metrics, provenance and description its checkpoint and entry carry; returns
+    the entry."""
+    from matxfer.jsonout import json_safe
+    from matxfer.shipped import load_index, write_index
+
+    m = ckpt.get("metrics") or {}
+    prov = ckpt.get("provenance") or {}
+    evaluation = {"split": m.get("split", "test"), "overall": m.get("test") or {},
+                  "by_crystal_system": m.get("by_crystal_system") or {},
+                  "members": m.get("members") or []}
+    # checkpoints shipped before the metrics carried "n": the index entry's, else the first task's
+    evaluation["n"] = m.get("n") or entry.get("metrics", {}).get("n") or next(
+        (r.get("n") for r in evaluation["overall"].values() if isinstance(r, dict)), 0)
+    info = {"description": entry.get("description", ""), "command": prov.get("command", ""),
+            "config": prov.get("config_file", ""), "wall_time_s": float(m.get("wall_time_s", 0)),
+            "members": entry.get("members", len(ckpt.get("members") or [1])),
+            "created": entry.get("created", "")}
+    (folder / entry.get("card", f"{name}.md")).write_text(model_card(name, ckpt, evaluation, info))
+    entry = {**entry, "metrics": json_safe({"split": evaluation["split"], "n": evaluation["n"],
+                                            "test": _headline(evaluation["overall"])})}
     index = load_index(folder)
     index[name] = entry
     write_index(index, folder)
-    log.info("shipped %s -> %s (%d bytes)", name, ck_path, entry["size_bytes"])
     return entry
 
 
@@ -268,30 +288,11 @@ def refresh_card(name: str, shipped: str | Path | None = None) -> Path:
     """Rewrite a shipped model's card and index entry from the metrics stored in its
     checkpoint (no training, no evaluation): for a card format that changed."""
     from matxfer.checkpoint import load_checkpoint
-    from matxfer.jsonout import json_safe
-    from matxfer.shipped import load_index, shipped_dir, write_index
+    from matxfer.shipped import load_index, shipped_dir
 
     folder = Path(shipped or shipped_dir())
     index = load_index(folder)
     if name not in index:
         raise ValueError(f"no shipped model {name!r} in {folder} (shipped: {sorted(index)})")
-    entry = index[name]
-    ckpt = load_checkpoint(folder / entry["file"])
-    m = ckpt.get("metrics") or {}
-    prov = ckpt.get("provenance") or {}
-    evaluation = {"split": m.get("split", "test"), "overall": m.get("test") or {},
-                  "by_crystal_system": m.get("by_crystal_system") or {},
-                  "members": m.get("members") or []}
-    evaluation["n"] = entry.get("metrics", {}).get("n") or next(
-        (r.get("n") for r in evaluation["overall"].values() if isinstance(r, dict)), 0)
-    info = {"description": entry.get("description", ""), "command": prov.get("command", ""),
-            "config": prov.get("config_file", ""), "wall_time_s": float(m.get("wall_time_s", 0)),
-            "members": entry.get("members", len(ckpt.get("members") or [1])),
-            "created": entry.get("created", "")}
-    card = folder / entry.get("card", f"{name}.md")
-    card.write_text(model_card(name, ckpt, evaluation, info))
-    entry["metrics"] = json_safe({"split": evaluation["split"], "n": evaluation["n"],
-                                  "test": _headline(evaluation["overall"])})
-    index[name] = entry
-    write_index(index, folder)
-    return card
+    entry = write_card(name, folder, load_checkpoint(folder / index[name]["file"]), index[name])
+    return folder / entry.get("card", f"{name}.md")
