@@ -213,28 +213,38 @@ def _atoms_to_structure(atoms) -> Structure:
     return AseAtomsAdaptor.get_structure(atoms)
 
 
-def _atoms_array(atoms, names: tuple[str, ...]):
+def _atoms_value(table: dict, atoms, names: tuple[str, ...]):
+    """The first of ``names`` in ``table`` (``atoms.arrays`` or ``atoms.info``), else in the
+    attached calculator's results; None when absent."""
     for n in names:
-        if n in atoms.arrays:
-            return atoms.arrays[n]
-    calc = getattr(atoms, "calc", None)
-    if calc is not None:
-        for n in names:
-            if n in getattr(calc, "results", {}):
-                return calc.results[n]
+        if n in table:
+            return table[n]
+    results = getattr(getattr(atoms, "calc", None), "results", None) or {}
+    for n in names:
+        if n in results:
+            return results[n]
     return None
+
+
+def _atoms_array(atoms, names: tuple[str, ...]):
+    return _atoms_value(atoms.arrays, atoms, names)
 
 
 def _atoms_info(atoms, names: tuple[str, ...]):
-    for n in names:
-        if n in atoms.info:
-            return atoms.info[n]
-    calc = getattr(atoms, "calc", None)
-    if calc is not None:
-        for n in names:
-            if n in getattr(calc, "results", {}):
-                return calc.results[n]
-    return None
+    return _atoms_value(atoms.info, atoms, names)
+
+
+def _eps_and_becs(atoms, entry: str, eps_target: str, eps_key: str, eps_name: str,
+                  becs_key: str) -> dict:
+    """Labels of an extended-XYZ frame: a 3x3 dielectric tensor from ``atoms.info[eps_key]``
+    (under ``eps_target``) and per-atom Born charges from ``atoms.arrays[becs_key]``; None
+    where the frame has none."""
+    eps = _atoms_info(atoms, (eps_key,))
+    becs = _atoms_array(atoms, (becs_key,))
+    return {
+        eps_target: None if eps is None else _matrix3(entry, eps_name, eps),
+        K.BORN_CHARGES: None if becs is None else _per_atom_3x3(entry, becs_key, becs, len(atoms)),
+    }
 
 
 def _per_atom_3x3(entry: str, name: str, arr, n_atoms: int) -> np.ndarray:

@@ -11,12 +11,9 @@ from matxfer.data.sources.common import (
     _BORN_RULE,
     _EPS_IONIC_RULE,
     _U,
-    _atoms_array,
-    _atoms_info,
     _atoms_to_structure,
     _BadFrame,
-    _matrix3,
-    _per_atom_3x3,
+    _eps_and_becs,
     _read_extxyz,
 )
 
@@ -31,14 +28,8 @@ def _parse_macefield(paths: list[Path]) -> Iterator[RawEntry]:
                 if isinstance(atoms, _BadFrame):
                     atoms.check(entry)
                 structure = _atoms_to_structure(atoms)
-                eps = _atoms_info(atoms, ("REF_dielectric_ionic",))
-                becs = _atoms_array(atoms, ("REF_becs",))
-                labels = {
-                    K.DIELECTRIC_IONIC: None if eps is None else _matrix3(entry, "eps_ionic", eps),
-                    K.BORN_CHARGES: None
-                    if becs is None
-                    else _per_atom_3x3(entry, "REF_becs", becs, len(atoms)),
-                }
+                labels = _eps_and_becs(atoms, entry, K.DIELECTRIC_IONIC, "REF_dielectric_ionic",
+                                       "eps_ionic", "REF_becs")
                 return structure, labels, {"frame": "structure", "split": split}
 
             yield entry, build

@@ -11,12 +11,9 @@ from matxfer.data.sources.common import (
     _BORN_RULE,
     _EPS_ELECTRONIC_RULE,
     _U,
-    _atoms_array,
-    _atoms_info,
     _atoms_to_structure,
     _BadFrame,
-    _matrix3,
-    _per_atom_3x3,
+    _eps_and_becs,
     _read_extxyz,
 )
 
@@ -29,14 +26,7 @@ def _parse_petretto(paths: list[Path]) -> Iterator[RawEntry]:
             if isinstance(atoms, _BadFrame):
                 atoms.check(entry)
             structure = _atoms_to_structure(atoms)
-            eps = _atoms_info(atoms, ("eps",))
-            becs = _atoms_array(atoms, ("becs",))
-            labels = {
-                K.DIELECTRIC_ELECTRONIC: None if eps is None else _matrix3(entry, "eps", eps),
-                K.BORN_CHARGES: None
-                if becs is None
-                else _per_atom_3x3(entry, "becs", becs, len(atoms)),
-            }
+            labels = _eps_and_becs(atoms, entry, K.DIELECTRIC_ELECTRONIC, "eps", "eps", "becs")
             return structure, labels, {"frame": "structure"}
 
         yield entry, build
