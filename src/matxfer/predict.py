@@ -61,8 +61,47 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
     return out
 
 
+def _check_readable(path: Path) -> None:
+    """Raise :class:`RecordError` for an empty file, or binary content in an uncompressed one
+    (a NUL byte or bytes that are not UTF-8 text in its first 64 kB)."""
+    if path.stat().st_size == 0:
+        raise RecordError(str(path), "the file is empty (0 bytes)")
+    if path.name.lower().endswith(".gz"):
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    try:
+        head.decode("utf-8")
+        text = b"\x00" not in head
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the 64 kB boundary is text
+        text = exc.start >= len(head) - 3 and b"\x00" not in head
+    if not text:
+        raise RecordError(
+            str(path), f"binary content (starts with the bytes {head[:8]!r}), not a text "
+            "structure file (CIF, POSCAR, pymatgen JSON or extended XYZ)"
+        )
+
+
+def _structure_from_json(path: Path) -> Structure:
+    """A pymatgen ``Structure.as_dict()`` JSON file."""
+    try:
+        blob = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecordError(
+            str(path), f"not valid JSON ({exc}); is the file complete?"
+        ) from None
+    if not isinstance(blob, dict) or not {"lattice", "sites"} <= set(blob):
+        keys = sorted(map(str, blob))[:8] if isinstance(blob, dict) else type(blob).__name__
+        raise RecordError(
+            str(path), f"not a pymatgen Structure JSON (Structure.as_dict() has 'lattice' and "
+            f"'sites'; this file has {keys})"
+        )
+    return Structure.from_dict(blob)
+
+
 def read_structures(path: Path) -> list[tuple[str, Structure]]:
     """All structures in one file as (name, structure); extended XYZ may hold several."""
+    _check_readable(path)
     name = path.name.lower()
     if name.endswith((".xyz", ".extxyz", ".xyz.gz", ".extxyz.gz")):
         from ase.io import read
@@ -78,8 +117,7 @@ def read_structures(path: Path) -> list[tuple[str, Structure]]:
             for i, a in enumerate(frames)  # ase types read(index=":") as Atoms | list[Atoms]
         ]
     if name.endswith(".json"):
-        blob = json.loads(path.read_text())
-        return [(path.stem, Structure.from_dict(blob))]
+        return [(path.stem, _structure_from_json(path))]
     if name.endswith((".cif", ".cif.gz")):
         return [(path.stem, _read_cif(path))]
     return [(path.stem, Structure.from_file(str(path)))]
@@ -104,6 +142,12 @@ def _read_cif(path: Path) -> Structure:
             if "no structures" not in str(exc):
                 raise
             structure = None
+        except (ArithmeticError, IndexError, KeyError, TypeError) as exc:
+            # pymatgen's CIF parser on an incomplete file (e.g. a loop cut after its header)
+            raise RecordError(
+                str(path), f"pymatgen cannot parse this CIF ({type(exc).__name__}: {exc}); the "
+                "file is truncated or malformed"
+            ) from None
     if structure is not None:
         for w in caught:  # not ours to swallow
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -133,13 +177,17 @@ def _read_cif(path: Path) -> Structure:
 def _cif_overlapping_sites(path: Path) -> str:
     """'sites Cl1 and Cl2 (Cl, Cl) are 0.000 A apart' for the closest pair of the CIF's
     listed atom sites nearer than the minimum distance (periodic images included), or ''."""
+    import warnings
+
     from pymatgen.core import Lattice
     from pymatgen.io.cif import CifParser
 
     from matxfer.data.records import MIN_INTERATOMIC_DISTANCE
 
     try:
-        blocks = CifParser(str(path)).as_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already reported by _read_cif
+            blocks = CifParser(str(path)).as_dict()
         for block in blocks.values():
             cell = [float(str(block[f"_cell_{k}"]).split("(")[0]) for k in (
                 "length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma")]
@@ -450,7 +498,9 @@ def read_inputs(inputs: list[str | Path]) -> tuple[list[tuple[str, Structure]], 
         except RecordError as exc:
             errors.append({"input": str(f), "error": exc.reason})
         except Exception as exc:
-            errors.append({"input": str(f), "error": f"could not read structure: {exc}"})
+            errors.append(
+                {"input": str(f), "error": f"could not read structure ({type(exc).__name__}: {exc})"}
+            )
     return items, errors
 
 

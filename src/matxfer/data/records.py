@@ -269,11 +269,21 @@ def overlap_reason(structure: Structure, pair: tuple[int, int, float]) -> str:
 
 def check_structure(entry: str, structure: Structure) -> Structure:
     """Raise :class:`RecordError` for an empty, disordered, degenerate or overlapping
-    structure (two atoms closer than :data:`MIN_INTERATOMIC_DISTANCE`)."""
+    structure (two atoms closer than :data:`MIN_INTERATOMIC_DISTANCE`), or one with a
+    species that is not a chemical element."""
     if structure is None or len(structure) == 0:
         raise RecordError(entry, "empty structure (no sites)")
     if not structure.is_ordered:
         raise RecordError(entry, "partial occupancy / disordered sites are not supported")
+    from pymatgen.core.periodic_table import DummySpecies
+
+    for i, site in enumerate(structure):
+        unknown = [sp for sp in site.species if isinstance(sp, DummySpecies)]
+        if unknown:  # pymatgen reads an unknown symbol (e.g. "Xx") as a DummySpecies
+            symbol = unknown[0].symbol
+            raise RecordError(
+                entry, f"unknown element {symbol!r} at site {i}; give a chemical element symbol"
+            )
     vol = structure.lattice.volume
     if not math.isfinite(vol) or vol <= 1e-6:
         raise RecordError(entry, f"degenerate lattice (volume {vol:g} A^3)")

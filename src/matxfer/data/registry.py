@@ -125,6 +125,32 @@ class DataMissingError(FileNotFoundError):
     """A dataset file is not in the data directory; the message says what to place where."""
 
 
+class DataFileError(ValueError):
+    """A dataset file that cannot be read as a whole (empty, truncated, binary, another format);
+    the message names the dataset, the file and the problem."""
+
+
+def _file_entries(spec: DatasetSpec, paths: list[Path]) -> Iterator[RawEntry]:
+    """``spec.parser(paths)``; an exception while reading the files themselves (not while
+    building one entry) becomes a :class:`DataFileError` naming the dataset and its files."""
+    try:
+        yield from spec.parser(paths)
+    except ImportError:
+        raise  # a broken installation is not a bad file
+    except Exception as exc:
+        empty = [str(p) for p in paths if p.is_file() and p.stat().st_size == 0]
+        if empty:
+            what = f"{', '.join(empty)}: the file is empty (0 bytes)"
+        else:
+            text = str(exc).splitlines()[0][:160] if str(exc) else ""
+            what = f"{', '.join(map(str, paths))}: cannot be read ({type(exc).__name__}" + (
+                f": {text})" if text else ")")
+        raise DataFileError(
+            f"{spec.name}: {what}; the file is damaged, truncated or not in the format of "
+            f"{spec.name} ({spec.source}); put a complete copy in its place"
+        ) from None
+
+
 class _Registry(MutableMapping):
     """name -> :class:`DatasetSpec`; the first read imports :mod:`matxfer.data.sources`
     (whose modules register the known datasets), so this module imports none of them."""
@@ -359,7 +385,7 @@ def parse_dataset(
     seen: set[str] = set()
     import warnings
 
-    entries = spec.parser(spec.paths(root))
+    entries = _file_entries(spec, spec.paths(root))
     bar = None
     if progress:
         from matxfer.progress import progress_bar

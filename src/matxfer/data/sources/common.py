@@ -30,6 +30,19 @@ def _structure_cls():
     return Structure
 
 
+def _structure_from_dict(entry: str, value: Any) -> Structure:
+    """``Structure.from_dict`` of a dict (or its Python-literal string); a value that is not
+    a readable structure is a :class:`RecordError` naming the entry and the column."""
+    try:
+        return _structure_cls().from_dict(_literal(value))
+    except RecordError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises anything on a malformed dict
+        raise RecordError(
+            entry, f"structure: not a readable pymatgen structure ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def _open_text(path: Path):
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path), encoding="utf-8")

@@ -13,10 +13,9 @@ from matxfer.data.sources.common import (
     _EPS_TOTAL_RULE,
     _U,
     _float_or_none,
-    _literal,
     _matrix3,
     _split_json_rows,
-    _structure_cls,
+    _structure_from_dict,
 )
 
 
@@ -25,7 +24,7 @@ def _parse_petousis(paths: list[Path]) -> Iterator[RawEntry]:
         mp_id = str(row["material_id"])
 
         def build(row=row, mp_id=mp_id):
-            structure = _structure_cls().from_dict(_literal(row["structure"]))
+            structure = _structure_from_dict(mp_id, row["structure"])
             e_tot = _matrix3(mp_id, "e_total", row["e_total"])
             e_el = _matrix3(mp_id, "e_electronic", row["e_electronic"])
             labels = {
