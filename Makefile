@@ -14,7 +14,7 @@ $(BIN)/matxfer: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU wheel first, so that the package's torch range is already satisfied
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,chgnet,sevennet,zeroshot]"
+	$(BIN)/pip install -q -e ".[dev,chgnet,sevennet,zeroshot,store]"
 	touch $(BIN)/matxfer
 
 setup: $(BIN)/matxfer

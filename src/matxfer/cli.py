@@ -206,8 +206,57 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def _store_settings(args):
+    """(graph settings, featurizer) of ``matxfer data build-store``: a run config's (exactly as
+    ``matxfer train`` builds its graphs), or the ones given by flags."""
+    from matxfer.data.graphs import GraphSettings, resolve_featurizer
+
+    if args.config:
+        from matxfer.checkpoint import load_checkpoint
+        from matxfer.config import load_config
+        from matxfer.train.loop import build_tasks
+        from matxfer.train.setup import build_run_model
+
+        cfg = load_config(args.config)
+        parent = load_checkpoint(cfg.transfer.init_from) if cfg.transfer.init_from else None
+        _, settings, featurizer, _, _ = build_run_model(cfg, build_tasks(cfg), parent)
+        return settings, featurizer
+    settings = GraphSettings(
+        cutoff=args.cutoff, max_neighbors=args.max_neighbors, line_graph=args.line_graph,
+        atom_features=args.atom_features,
+    )
+    return settings, resolve_featurizer(settings)
+
+
+def cmd_data_build_store(args) -> int:
+    from matxfer.data.graph_store import GraphStore, build_store
+    from matxfer.data.registry import load_dataset
+
+    settings, featurizer = _store_settings(args)
+    ds = load_dataset(args.name, root=args.data_dir, limit=args.limit, progress=not args.json)
+    report = build_store(ds.records, args.out, settings, featurizer, chunk_size=args.chunk_size,
+                         progress=not args.json)
+    store = GraphStore(args.out)
+    blob = {
+        "dataset": args.name, **report.to_dict(), "graphs_in_store": len(store),
+        "failures_in_store": len(store.failures()), "disk_bytes": store.disk_bytes(),
+        "settings": settings.to_dict(), "unloadable": len(ds.failures),
+    }
+    if args.json:
+        _print_json(blob)
+        return 0
+    print(
+        f"{args.out}: {blob['graphs_in_store']} graphs ({blob['disk_bytes'] / 1e6:.1f} MB); this "
+        f"build wrote {report.written}, skipped {report.skipped} already there, replaced "
+        f"{report.replaced}, {report.failed} failed, in {report.seconds:.1f} s"
+    )
+    for mid, why in report.failures[: args.show]:
+        print(f"  {mid}: {why}")
+    return 0
+
+
 def _add_data_parser(sub) -> None:
-    p = sub.add_parser("data", help="list, inspect, validate and download datasets")
+    p = sub.add_parser("data", help="list, inspect, validate, download and store datasets")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
 
     def common(q):
@@ -237,6 +286,25 @@ def _add_data_parser(sub) -> None:
     q.add_argument("--show", type=int, default=20, help="failures to print")
     common(q)
     q.set_defaults(func=cmd_data_validate)
+
+    q = dsub.add_parser(
+        "build-store",
+        help="write a dataset's graphs into an on-disk graph store (resumes a stopped build)",
+    )
+    q.add_argument("name")
+    q.add_argument("--out", required=True, help="store folder (data.graph_store of a run config)")
+    q.add_argument("--config", default=None,
+                   help="take the graph settings from this run config (as matxfer train does)")
+    q.add_argument("--cutoff", type=float, default=5.0, help="neighbour radius (Angstrom)")
+    q.add_argument("--max-neighbors", type=int, default=None)
+    q.add_argument("--line-graph", action="store_true", help="also build the line graph (ALIGNN)")
+    q.add_argument("--atom-features", default="none", choices=("none", "cgcnn"))
+    q.add_argument("--chunk-size", type=int, default=1000, help="graphs per write transaction")
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true", help="print the build report as JSON")
+    q.add_argument("--show", type=int, default=20, help="failures to print")
+    common(q)
+    q.set_defaults(func=cmd_data_build_store)
 
     q = dsub.add_parser("download", help="fetch a dataset from its original source")
     q.add_argument("name")

@@ -59,6 +59,10 @@ class DataConfig:
         sampler: ``uniform`` or ``balanced`` (multi-task: each training crystal is drawn with
             probability proportional to 1 / (count of its rarest task), so rare tasks do not
             starve).
+        graph_store: folder of an on-disk graph store (:mod:`matxfer.data.graph_store`,
+            built by ``matxfer data build-store`` or here on first use, resumed and extended
+            as needed): the graphs are then read from it by the DataLoader
+            (``trainer.num_workers`` worker processes) instead of held in memory.
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -71,6 +75,7 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     data_dir: str | None = None
     sampler: str = "uniform"
+    graph_store: str | None = None
 
 
 @dataclass

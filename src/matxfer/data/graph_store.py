@@ -566,3 +566,33 @@ class StoreGraphs(Mapping):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def store_graphs(
+    path: Path | str,
+    records: Sequence[Any],
+    settings: GraphSettings,
+    featurizer,
+    tasks: Mapping[str, Any],
+    chunk_size: int = 1000,
+    progress: bool = True,
+) -> tuple[StoreGraphs, list[tuple[str, str]]]:
+    """The labelled graphs of ``records`` from the store at ``path`` (a training run's path).
+
+    Graphs missing from the store (or whose structure changed) are built into it first; the
+    rest are only compared by digest. Labels are attached from ``records`` on each read.
+
+    Returns:
+        ``(graphs, failures)`` as :func:`~matxfer.data.graph_cache.build_graphs` gives them:
+        a lazy id -> graph mapping of the records that have a graph, and ``(id, reason)``
+        for those whose graph could not be built (now or by an earlier build).
+    """
+    build_store(records, path, settings, featurizer, chunk_size=chunk_size, progress=progress)
+    store = GraphStore(path, settings, featurizer)
+    stored = set(store.ids())
+    failed = store.failures()
+    ids = [str(r.material_id) for r in records if str(r.material_id) in stored]
+    failures = [(str(r.material_id), failed[str(r.material_id)]) for r in records
+                if str(r.material_id) in failed]
+    labels = {str(r.material_id): r.labels for r in records}
+    return StoreGraphs(store, ids, dict(tasks), labels), failures

@@ -39,6 +39,9 @@ class PreparedData:
     fingerprint: str = ""
 
     def subset(self, ids: list[str]) -> list[CrystalGraph]:
+        """Graphs of ``ids`` (those that have one); with a graph store, a lazy dataset."""
+        if hasattr(self.graphs, "dataset"):  # StoreGraphs: read on access
+            return self.graphs.dataset(ids)  # type: ignore[attr-defined]
         return [self.graphs[i] for i in ids if i in self.graphs]
 
     def train_records(self) -> list[CrystalRecord]:
@@ -211,18 +214,26 @@ def prepare_data(
     if split is None:
         split = make_split(cfg, sorted(records), records)
     wanted = [i for i in (*split.train, *split.val, *split.test) if i in records]
-    cache_key = "+".join(cfg.datasets) + (f"-limit{cfg.limit}" if cfg.limit else "")
-    graphs, failures = build_graphs(
-        [records[i] for i in wanted], settings, cache_key, featurizer=featurizer, progress=True
-    )
+    by_id: dict[str, CrystalGraph]
+    if cfg.graph_store:
+        from matxfer.data.graph_store import store_graphs
+
+        by_id, failures = store_graphs(  # type: ignore[assignment]
+            cfg.graph_store, [records[i] for i in wanted], settings, featurizer, tasks
+        )
+    else:
+        cache_key = "+".join(cfg.datasets) + (f"-limit{cfg.limit}" if cfg.limit else "")
+        graphs, failures = build_graphs(
+            [records[i] for i in wanted], settings, cache_key, featurizer=featurizer, progress=True
+        )
+        by_id = {}
+        for g in graphs:
+            mid = g.material_id
+            by_id[mid] = attach_labels(g, records[mid], tasks)
     if failures:
         dropped["graph construction failed"] = len(failures)
         for mid, why in failures[:5]:
             log.warning("no graph for %s: %s", mid, why)
-    by_id = {}
-    for g in graphs:
-        mid = g.material_id
-        by_id[mid] = attach_labels(g, records[mid], tasks)
     keep = set(by_id)
     split = Split(
         [i for i in split.train if i in keep],
