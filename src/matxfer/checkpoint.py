@@ -156,7 +156,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def _refused_object(message: str) -> str:
-    """What the weights-only unpickler refused, from its message (never torch's advice)."""
+    """The global or class the weights-only unpickler refused, from its message (never
+    torch's advice); '' when the message names none."""
     import re
 
     m = re.search(r"GLOBAL (\S+) was not an allowed global", message) or re.search(
@@ -167,10 +168,15 @@ def _refused_object(message: str) -> str:
     m = re.search(r"but got <class '([^']+)'>", message)
     if m:
         return m.group(1)
-    m = re.search(r"WeightsUnpickler error: *(.+)", message)
-    if m and m.group(1).strip():
-        return m.group(1).strip().splitlines()[0][:120]
-    return "an object that is not plain data"
+    return ""
+
+
+def _unpickler_detail(message: str) -> str:
+    """The weights-only unpickler's own reason (e.g. ``Unsupported operand 19``), or ''."""
+    import re
+
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    return m.group(1).strip()[:120] if m else ""
 
 
 def read_torch_file(
@@ -239,6 +245,15 @@ def read_torch_file(
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         what = _refused_object(str(exc))
+        if not what:
+            # no object named: a garbled pickle stream (a damaged file) or opcodes the safe
+            # unpickler does not take; neither is read further
+            detail = _unpickler_detail(str(exc))
+            raise CheckpointError(
+                f"{kind} {path}: damaged or not plain data: the safe unpickler cannot read its "
+                "pickle" + (f" ({detail})" if detail else "") + "; a damaged file gives this, "
+                f"and so does a pickle of objects other than tensors and plain data; {rewrite}"
+            ) from None
         raise CheckpointError(
             f"{kind} {path}: refused: its pickle would call or build {what}, which is not a "
             "tensor or plain data (unpickling such objects can run code from the file)"

@@ -291,6 +291,12 @@ class Predictor:
             raw = [{k: v.mean(0) for k, v in m.items()} for m in members]
         else:
             raw = predict_graphs(self.model, graphs, batch_size)
+        for n, r in zip(names, raw):
+            bad = [k for k, v in r.items() if not np.all(np.isfinite(np.asarray(v, dtype=float)))]
+            if bad:  # never a NaN in the output, nor a derived quantity of one
+                raise ValueError(
+                    f"{n}: the model's {', '.join(bad)} prediction is not finite (NaN or inf)"
+                )
         tensor_formulas = {
             k: t.formula for k, t in self.tasks.items() if t.kind == TENSOR and t.formula
         }

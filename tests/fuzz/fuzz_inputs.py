@@ -100,6 +100,8 @@ CHECKPOINT_CASES: dict[str, tuple[str, ...]] = {
     "text.ckpt": ("text.ckpt", "not a torch file"),
     "not_matxfer.ckpt": ("not_matxfer.ckpt", "not a matxfer checkpoint"),
     "list.ckpt": ("list.ckpt", "not a matxfer checkpoint"),
+    "nan_weights.ckpt": ("nan_weights.ckpt", "NaN or inf"),
+    "garbled_pickle.ckpt": ("garbled_pickle.ckpt",),
     "hostile.ckpt": ("hostile.ckpt", "refused"),
     "missing.ckpt": ("missing.ckpt", "not found"),
 }
@@ -290,6 +292,24 @@ def write_datasets(root: Path) -> Path:
     return data
 
 
+def _overwrite_members(ckpt: bytes, fill: bytes, which) -> bytes:
+    """``ckpt`` (a torch zip archive) with the stored bytes of the members ``which(name)``
+    selects overwritten by ``fill`` repeated (the archive's directory stays intact)."""
+    import io
+    import struct
+    import zipfile
+
+    out = bytearray(ckpt)
+    for info in zipfile.ZipFile(io.BytesIO(ckpt)).infolist():
+        if not which(info.filename) or info.file_size == 0:
+            continue
+        o = info.header_offset
+        n_name, n_extra = struct.unpack("<HH", out[o + 26 : o + 30])
+        start = o + 30 + n_name + n_extra
+        out[start : start + info.file_size] = (fill * info.file_size)[: info.file_size]
+    return bytes(out)
+
+
 def write_checkpoints(folder: Path, good_checkpoint: Path, marker: Path) -> Path:
     """Bad checkpoints made from ``good_checkpoint``; the hostile ones would touch ``marker``."""
     import torch
@@ -299,6 +319,13 @@ def write_checkpoints(folder: Path, good_checkpoint: Path, marker: Path) -> Path
     (folder / "empty.ckpt").write_bytes(b"")
     (folder / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     (folder / "random.ckpt").write_bytes(_random_bytes(4096, 4))
+    # every weight of 64 bytes or more all ones: NaN in float32 and float64
+    (folder / "nan_weights.ckpt").write_bytes(
+        _overwrite_members(good, b"\xff", lambda n: "/data/" in n and not n.endswith("/data/0"))
+    )
+    (folder / "garbled_pickle.ckpt").write_bytes(
+        _overwrite_members(good, b"\x13\x37", lambda n: n.endswith("data.pkl"))
+    )
     (folder / "text.ckpt").write_text("this is a CIF, not a checkpoint\n" + si().to(fmt="cif"))
     torch.save({"weights": torch.zeros(3), "epoch": 4}, folder / "not_matxfer.ckpt")
     torch.save([torch.zeros(2), 1.0], folder / "list.ckpt")
