@@ -592,6 +592,8 @@ def _cache_frozen_outputs(cfg: RunConfig, model, settings, graphs: list) -> list
         return []
     if any(getattr(h, "conservative", False) for h in model.heads.values()):
         return []  # -dE/dpos needs the backbone itself
+    if cfg.data.graph_store:
+        return []  # graphs are read from the store on every access: nowhere to keep outputs
     t0 = time.time()
     outputs, stats = load_or_compute(model.backbone, graphs, settings.to_dict(), batch_size=32)
     attach_outputs(graphs, outputs)
