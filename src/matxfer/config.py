@@ -477,7 +477,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content; a syntax error is one line naming the file, line and column."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not a YAML text file (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start} is not UTF-8 text)"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
