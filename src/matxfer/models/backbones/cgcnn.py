@@ -12,7 +12,15 @@ defaults, config keys) is shared, and so are the parameter names: ``embedding``,
     [g_ij, c_ij] = BN1(z_ij W + b)                 (split into two halves of width F)
     v_i <- softplus(v_i + BN2(sum_j sigmoid(g_ij) * softplus(c_ij)))
 
-BN1 normalises over edges, BN2 over atoms. Parameter names follow the original code
+BN1 normalises over edges, BN2 over atoms. ``z_ij W`` is evaluated as
+``v_i W_i + v_j W_j + u_ij W_u`` (the three column blocks of ``fc_full.weight``): the two
+atom products are taken once per atom and gathered per edge, so the per-edge matrix
+product only covers the edge features. When every atom has the same number ``k`` of
+incoming edges, stored centre by centre (graphs cut at ``max_neighbors`` without
+``keep_shell``, and CGCNN compatibility graphs), the edges are handled as a dense
+``[n_atoms, k, .]`` block and summed over ``k``, as the original code does; any other
+graph takes the sparse path (gather per edge, ``index_add`` per centre). Both paths
+compute the same function. Parameter names follow the original code
 (``embedding``, ``convs.N.fc_full``, ``convs.N.bn1``, ``convs.N.bn2``) so released CGCNN
 checkpoints map onto this module key for key (their ``conv_to_fc``/``fc_out`` belong to a
 scalar head).
@@ -65,7 +73,9 @@ class CGCNNConv(nn.Module):
         self.bn1 = nn.BatchNorm1d(2 * width)
         self.bn2 = nn.BatchNorm1d(width)
 
-    def forward(self, v: Tensor, edge_src: Tensor, edge_dst: Tensor, u: Tensor) -> Tensor:
+    def forward(
+        self, v: Tensor, edge_src: Tensor, edge_dst: Tensor, u: Tensor, k: int | None = None
+    ) -> Tensor:
         """Update atom features.
 
         Args:
@@ -73,16 +83,47 @@ class CGCNNConv(nn.Module):
             edge_src: ``[E]`` neighbour index ``j``.
             edge_dst: ``[E]`` centre index ``i``.
             u: ``[E, edge_dim]`` edge features.
+            k: edges per atom when the edges come centre by centre, ``k`` each (edge
+                ``e`` ends at atom ``e // k``; :func:`neighbours_per_atom` checks it):
+                dense path. ``None``: sparse path, any edge order.
 
         Returns:
             ``[n_atoms, F]``.
         """
-        z = torch.cat([v.index_select(0, edge_dst), v.index_select(0, edge_src), u], dim=-1)
-        gc = self.bn1(self.fc_full(z))
-        gate, core = gc.chunk(2, dim=-1)
+        w, b = self.fc_full.weight, self.fc_full.bias
+        width = self.width
+        # per-atom products with the centre and neighbour blocks of the weight, in one matmul
+        atom_w = torch.cat([w[:, :width], w[:, width : 2 * width]], dim=0)
+        centre, nbr = F.linear(v, atom_w).chunk(2, dim=-1)
+        centre = centre + b
+        # per edge: neighbour term gathered, plus the edge-feature product
+        h = torch.addmm(nbr.index_select(0, edge_src), u, w[:, 2 * width :].t())
+        n = v.shape[0]
+        if k is not None:
+            h = (h.view(n, k, 2 * width) + centre.unsqueeze(1)).view(-1, 2 * width)
+        else:
+            h = h + centre.index_select(0, edge_dst)
+        gate, core = self.bn1(h).chunk(2, dim=-1)
         msg = torch.sigmoid(gate) * F.softplus(core)
-        summed = v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
+        if k is not None:
+            summed = msg.view(n, k, width).sum(dim=1)
+        else:
+            summed = v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
         return F.softplus(v + self.bn2(summed))
+
+
+def neighbours_per_atom(edge_dst: Tensor, n_atoms: int) -> int | None:
+    """``k`` when the edges come centre by centre with ``k`` per atom (edge ``e`` ends at atom
+    ``e // k``, as in a graph cut at ``max_neighbors`` whose atoms all have that many), else
+    ``None``."""
+    n_edges = int(edge_dst.numel())
+    if n_atoms < 1 or n_edges == 0 or n_edges % n_atoms:
+        return None
+    k = n_edges // n_atoms
+    centres = torch.arange(n_atoms, device=edge_dst.device, dtype=edge_dst.dtype)
+    if not torch.equal(edge_dst.view(n_atoms, k), centres.unsqueeze(1).expand(n_atoms, k)):
+        return None
+    return k
 
 
 class AttentionConv(nn.Module):
@@ -143,6 +184,9 @@ class CGCNN(Backbone):
     equivariant = False
     #: the convolution, built as ``conv_class(width, edge_dim)`` for each layer
     conv_class: ClassVar[type[nn.Module]] = CGCNNConv
+    #: use the convolution's dense path on graphs with ``k`` edges per atom stored centre by
+    #: centre (:func:`neighbours_per_atom`); ``False`` forces the sparse path
+    dense_neighbours: bool = True
 
     def __init__(
         self,
@@ -198,8 +242,11 @@ class CGCNN(Backbone):
         v = self.embed(data)
         src, dst = data[K.EDGE_INDEX]
         u = self.expansion(edge_vectors(data).norm(dim=-1))
+        k = None
+        if self.dense_neighbours and self.conv_class is CGCNNConv:
+            k = neighbours_per_atom(dst, v.shape[0])
         for conv in self.convs:
-            v = conv(v, src, dst, u)
+            v = conv(v, src, dst, u) if k is None else conv(v, src, dst, u, k)
         return {K.NODE_FEATURES: v}
 
 
