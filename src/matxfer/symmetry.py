@@ -84,7 +84,14 @@ def point_group_from_arrays(
         # x_frac' = W x_frac  <=>  r' = A^T W A^-T r  (A = lattice with vectors as rows)
         a_t = a.T
         a_t_inv = np.linalg.inv(a_t)
-        for w in np.asarray(ds.rotations, dtype=np.float64):
+        w_all = np.asarray(ds.rotations, dtype=np.float64)
+        # a supercell repeats each rotation once per lattice translation (48,000 operations
+        # for 1,000 cells of a cubic crystal); its distinct integer matrices are few, and
+        # comparing every operation with the ones kept took seconds
+        _, first = np.unique(
+            np.rint(w_all).astype(np.int64).reshape(len(w_all), -1), axis=0, return_index=True
+        )
+        for w in w_all[np.sort(first)]:
             r = a_t @ w @ a_t_inv
             if not any(np.abs(r - q).max() < _ROT_TOL for q in rots):
                 rots.append(r)
