@@ -494,7 +494,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a YAML run config, apply overrides, and validate it (unknown keys are errors)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = read_yaml(path) or {}
+        raw = read_yaml(path)
+        if raw is None and not overrides:
+            raise ValueError(
+                f"{path}: the config is empty; a run config names at least data.datasets "
+                "and data.targets"
+            )
+        raw = raw or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: the top level of a config must be a mapping")
     raw = apply_overrides(raw, overrides or [])
