@@ -514,7 +514,7 @@ class GraphStoreDataset(Dataset):
     ):
         self.store = store if isinstance(store, GraphStore) else GraphStore(store)
         self.ids = list(self.store.ids() if ids is None else ids)
-        self.tasks = tasks
+        self.tasks = None if tasks is None else dict(tasks)
         self.labels = labels
 
     def __len__(self) -> int:
@@ -531,7 +531,7 @@ class GraphStoreDataset(Dataset):
         from matxfer.train.data import attach_labels
 
         labels = item["labels"] if self.labels is None else self.labels[mid]
-        return attach_labels(g, SimpleNamespace(labels=labels), dict(self.tasks))
+        return attach_labels(g, SimpleNamespace(labels=labels), self.tasks, copy=False)
 
     def __iter__(self) -> Iterator[CrystalGraph]:
         for i in range(len(self)):

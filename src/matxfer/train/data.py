@@ -106,13 +106,16 @@ def gather_records(
     return merged, dropped
 
 
-def attach_labels(graph: CrystalGraph, record: CrystalRecord, tasks: dict[str, Task]) -> CrystalGraph:
+def attach_labels(
+    graph: CrystalGraph, record: CrystalRecord, tasks: dict[str, Task], copy: bool = True
+) -> CrystalGraph:
     """Copy of ``graph`` with ``y_<task>`` and boolean ``m_<task>`` for every task.
 
     Graph-level labels have a leading axis of 1 (so batching stacks them); per-atom labels
-    are ``[n_atoms, ...]``. Absent labels are zeros with a False mask.
+    are ``[n_atoms, ...]``. Absent labels are zeros with a False mask. ``copy=False`` sets
+    them on ``graph`` itself (a graph just read from a store).
     """
-    g = graph.clone()
+    g = graph.clone() if copy else graph
     dtype = torch.get_default_dtype()
     n = int(g.num_nodes)
     for name, task in tasks.items():
