@@ -495,10 +495,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml(path)
-        if raw is None and not overrides:
+        if raw is None:
             raise ValueError(
-                f"{path}: the config is empty; a run config names at least data.datasets "
-                "and data.targets"
+                f"{path}: the config is empty (no keys); a run config names at least "
+                "data.datasets and data.targets"
             )
         raw = raw or {}
         if not isinstance(raw, dict):
