@@ -24,10 +24,12 @@ must be processed (``None``) or which words its message must contain.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
 import pathlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +81,7 @@ DATASET_CASES: dict[str, tuple[str, ...] | None] = {
     "bad-garbled": ("e_total", "cannot read"),
     "bad-overlapping": ("overlapping atoms",),
     "bad-disordered": ("partial occupancy",),
-    "bad-no-sites": ("empty structure",),
+    "bad-no-sites": ("structure", "at least 1 site"),
     "bad-unknown-element": ("Xx",),
     "bad-structure-garbled": ("structure",),
 }
@@ -125,17 +127,22 @@ def si() -> Structure:
     ])
 
 
+@functools.cache
+def _from_spacegroup(*args) -> Structure:
+    return Structure.from_spacegroup(*args)
+
+
 def nacl() -> Structure:
-    return Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
+    return _from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ("Na", "Cl"), ((0, 0, 0), (0.5, 0.5, 0.5))
+    ).copy()
 
 
 def zno() -> Structure:
-    return Structure.from_spacegroup(
-        "P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"],
-        [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]],
-    )
+    return _from_spacegroup(
+        "P6_3mc", Lattice.hexagonal(3.25, 5.21), ("Zn", "O"),
+        ((1 / 3, 2 / 3, 0), (1 / 3, 2 / 3, 0.382)),
+    ).copy()
 
 
 def batio3() -> Structure:
@@ -337,6 +344,107 @@ def write_checkpoints(folder: Path, good_checkpoint: Path, marker: Path) -> Path
     table = {str(z): [float(z % 2), float(z % 3)] for z in range(1, 101)}
     (folder / "atom_init.json").write_text(json.dumps(table))
     return folder
+
+
+TRAIN_CONFIG = """\
+name: fuzz
+data:
+  datasets: [petousis-dielectric-2017]
+  targets: [dielectric_total]
+  data_dir: {data_dir}
+  split: {{fractions: [0.5, 0.25, 0.25], seed: 0}}
+model:
+  backbone: {{name: cgcnn, width: 8, n_conv: 1}}
+  heads: {{dielectric_total: {{name: edge-tensor}}}}
+optim: {{epochs: 1, batch_size: 4, lr: 0.003, patience: 0}}
+trainer: {{progress: false}}
+"""
+
+
+def write_train_config(path: Path, data_dir: Path) -> Path:
+    """A tiny run config (a 1-layer CGCNN with an edge tensor head, one epoch) on a data dir."""
+    path.write_text(TRAIN_CONFIG.format(data_dir=data_dir))
+    return path
+
+
+def write_bad_configs(folder: Path) -> dict[str, tuple[str, ...]]:
+    """Run configs that must be refused: file name -> words of the message."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.yaml").write_text("name: x\ndata: [unclosed\n")
+    (folder / "binary.yaml").write_bytes(_random_bytes(256, 5))
+    (folder / "empty.yaml").write_bytes(b"")
+    (folder / "bad_value.yaml").write_text(
+        "name: x\ndata: {datasets: [petousis-dielectric-2017], targets: [dielectric_total]}\n"
+        "optim: {lr: fast}\n"
+    )
+    (folder / "unknown_key.yaml").write_text(
+        "name: x\ndata: {datasets: [petousis-dielectric-2017], targets: [dielectric_total]}\n"
+        "optim: {learning_rate: 0.1}\n"
+    )
+    return {
+        "broken.yaml": ("broken.yaml", "not valid YAML"),
+        "binary.yaml": ("binary.yaml", "not a YAML text file"),
+        "empty.yaml": ("empty.yaml", "the config is empty"),
+        "bad_value.yaml": ("optim.lr", "fast"),
+        "unknown_key.yaml": ("learning_rate",),
+    }
+
+
+@dataclass
+class CliRun:
+    """One in-process ``matxfer`` command: exit code, standard output, standard error (with
+    log records at WARNING and above)."""
+
+    argv: list[str]
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def message(self) -> str:
+        """The first line of standard error that is not a log record or a Python warning, else
+        the first line of standard error, else of standard output."""
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        ours = [
+            line for line in lines
+            if not line.startswith(("WARNING ", "INFO ", "  ")) and "Warning:" not in line
+        ]
+        pick = ours or lines or self.out.splitlines() or [""]
+        return pick[0]
+
+
+def run_cli(argv: list[str]) -> CliRun:
+    """``matxfer.cli.main(argv)`` with its output captured; argparse's exit becomes the code."""
+    import contextlib
+    import io
+    import logging
+
+    from matxfer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)  # also makes main's logging.basicConfig a no-op
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = int(main([str(a) for a in argv]) or 0)
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+    return CliRun([str(a) for a in argv], rc, out.getvalue(), err.getvalue())
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN and infinities."""
+
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def write_fuzz_inputs(root: Path, good_checkpoint: Path | None = None) -> dict[str, Path]:
