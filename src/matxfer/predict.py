@@ -152,13 +152,18 @@ def _read_cif(path: Path) -> Structure:
         for w in caught:  # not ours to swallow
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return structure
-    notes = []
+    notes, unparsed = [], []
+    issue = "Possible issue in CIF file at line:"
     for w in caught:
         for line in str(w.message).splitlines():
             line = line.strip()
             skip = line.startswith(("Issues encountered", "No structure parsed"))
-            if line and not skip and line not in notes:
+            if line.startswith(issue):  # one warning per word of a line pymatgen cannot parse
+                unparsed.append(line[len(issue):].strip())
+            elif line and not skip and line not in notes:
                 notes.append(line)
+    if unparsed:
+        notes.insert(0, f"text it cannot parse: {' '.join(unparsed)[:200]!r}")
     overlap = _cif_overlapping_sites(path)
     occu = next((m for n in notes if (m := re.search(r"Occupancy ([0-9.]+) exceeded", n))), None)
     if overlap or occu:

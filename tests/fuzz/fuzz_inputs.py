@@ -50,23 +50,23 @@ STRUCTURE_CASES: dict[str, tuple[str, ...] | None] = {
     "POSCAR_good_batio3": None,
     "big_2000_atoms.cif": None,
     "lone_atom.cif": None,  # predicted, with a warning and isolated_atoms = 1
-    "malformed.cif": ("malformed.cif",),
-    "empty.cif": ("empty.cif", "empty"),
-    "empty.json": ("empty.json", "empty"),
-    "binary.cif": ("binary.cif",),
-    "binary.vasp": ("binary.vasp",),
-    "truncated.cif": ("truncated.cif",),
-    "truncated.json": ("truncated.json",),
-    "not_a_structure.json": ("not_a_structure.json",),
+    "malformed.cif": ("malformed.cif", "built no structure", "not a cif at all", "'five'"),
+    "empty.cif": ("empty.cif", "empty (0 bytes)"),
+    "empty.json": ("empty.json", "empty (0 bytes)"),
+    "binary.cif": ("binary.cif", "binary content"),
+    "binary.vasp": ("binary.vasp", "binary content"),
+    "truncated.cif": ("truncated.cif", "truncated or malformed"),
+    "truncated.json": ("truncated.json", "not valid JSON"),
+    "not_a_structure.json": ("not_a_structure.json", "not a pymatgen Structure JSON"),
     "disordered.cif": ("disordered.cif", "partial occupancy"),
     "disordered.json": ("disordered.json", "partial occupancy"),
     "overlapping.cif": ("overlapping.cif", "overlapping atoms"),
     "overlapping.vasp": ("overlapping.vasp", "overlapping atoms"),
     "overlapping.json": ("overlapping.json", "overlapping atoms"),
-    "unknown_element.cif": ("unknown_element.cif", "Xx"),
-    "unknown_element.vasp": ("unknown_element.vasp", "Xx"),
-    "unknown_element.json": ("unknown_element.json", "Xx"),
-    "nan_coords.vasp": ("nan_coords.vasp",),
+    "unknown_element.cif": ("unknown_element.cif", "unknown element 'Xx'"),
+    "unknown_element.vasp": ("unknown_element.vasp", "unknown element 'Xx'"),
+    "unknown_element.json": ("unknown_element.json", "'Xx' is not a valid Element"),
+    "nan_coords.vasp": ("nan_coords.vasp", "non-finite atomic coordinates"),
 }
 
 #: dataset entry id -> None (loads and passes validation) or words of its reason
@@ -83,15 +83,15 @@ DATASET_CASES: dict[str, tuple[str, ...] | None] = {
     "bad-disordered": ("partial occupancy",),
     "bad-no-sites": ("structure", "at least 1 site"),
     "bad-unknown-element": ("Xx",),
-    "bad-structure-garbled": ("structure",),
+    "bad-structure-garbled": ("structure: not a readable pymatgen structure",),
 }
 
 #: whole-file dataset problems: data directory -> words of the message
 DATASET_FILE_CASES: dict[str, tuple[str, ...]] = {
-    "data_binary": ("dielectric_constant.json.gz",),
-    "data_truncated": ("dielectric_constant.json.gz",),
-    "data_empty": ("dielectric_constant.json.gz",),
-    "data_notjson": ("dielectric_constant.json.gz",),
+    "data_binary": ("dielectric_constant.json.gz", "cannot be read", "gzip"),
+    "data_truncated": ("dielectric_constant.json.gz", "cannot be read", "ended before"),
+    "data_empty": ("dielectric_constant.json.gz", "the file is empty (0 bytes)"),
+    "data_notjson": ("dielectric_constant.json.gz", "cannot be read", "'columns'"),
 }
 
 #: checkpoint file -> words of the message
@@ -103,7 +103,7 @@ CHECKPOINT_CASES: dict[str, tuple[str, ...]] = {
     "not_matxfer.ckpt": ("not_matxfer.ckpt", "not a matxfer checkpoint"),
     "list.ckpt": ("list.ckpt", "not a matxfer checkpoint"),
     "nan_weights.ckpt": ("nan_weights.ckpt", "NaN or inf"),
-    "garbled_pickle.ckpt": ("garbled_pickle.ckpt",),
+    "garbled_pickle.ckpt": ("garbled_pickle.ckpt", "damaged"),
     "hostile.ckpt": ("hostile.ckpt", "refused"),
     "missing.ckpt": ("missing.ckpt", "not found"),
 }
