@@ -239,6 +239,7 @@ def run_case(name: str, graph_file: str, n_structures: int, repeats: int, queue)
             "train_cpu_structures_per_s": round(max(n / c for _, c in train), 2),
             "infer_structures_per_s": round(max(n / w for w, _ in infer), 2),
             "infer_structures_per_s_all": [round(n / w, 2) for w, _ in infer],
+            "infer_cpu_structures_per_s": round(max(n / c for _, c in infer), 2),
             "peak_rss_delta_mb": round(sampler.peak - rss_before, 1),
             "maxrss_delta_mb": round(rss_peak - rss0, 1),
             "rss_before_training_mb": round(rss_before, 1),
