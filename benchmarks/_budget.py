@@ -46,7 +46,8 @@ def measure_throughput(cfg, n_train_batches: int = 8, batch_size: int | None = N
     from torch_geometric.loader import DataLoader
 
     from matxfer.train.data import prepare_data
-    from matxfer.train.loop import build_tasks, task_losses, total_loss
+    from matxfer.train.loop import build_tasks
+    from matxfer.train.losses import task_losses, total_loss
     from matxfer.train.setup import build_run_model, fit_normalizers
 
     bs = batch_size or cfg.optim.batch_size

@@ -190,7 +190,7 @@ def test_masked_multitask_loss_is_sum_of_present_losses(si, nacl):
     from matxfer.models.registry import build_model
     from matxfer.tasks import make_task
     from matxfer.train.data import attach_labels
-    from matxfer.train.loop import normalized_target, task_losses, total_loss
+    from matxfer.train.losses import normalized_target, task_losses, total_loss
 
     tasks = {"band_gap": make_task("band_gap", weight=2.0), "dielectric_total": make_task("dielectric_total", loss="mse")}
     model = build_model({"backbone": TINY_EQ, "heads": {"band_gap": {"name": "scalar"},

@@ -17,7 +17,8 @@ import yaml
 
 import matxfer
 from matxfer.config import config_from_dict
-from matxfer.train.loop import fit, prepare_run_dir
+from matxfer.train.loop import fit
+from matxfer.train.resume import prepare_run_dir
 
 TINY = {
     "name": "tiny-resume",
@@ -113,8 +114,13 @@ def test_last_ckpt_is_plain_data_with_every_resume_state(tmp_path):
     (opt,) = r["optimizers"]
     assert opt["state"] and all(isinstance(k, int) for k in opt["state"])
     assert r["schedulers"][0]["last_epoch"] > 0
-    assert r["best"]["best_state"].keys() == ck["state_dict"].keys()
-    assert np.isfinite(r["best"]["best"]) and r["best"]["best_epoch"] in (0, 1)
+    # the best model is best.ckpt (Lightning's ModelCheckpoint, matxfer format); last.ckpt
+    # holds its score and path
+    assert Path(r["best"]["best_model_path"]) == tmp_path / "run" / "best.ckpt"
+    best = torch.load(tmp_path / "run" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["state_dict"].keys() == ck["state_dict"].keys()
+    assert np.isfinite(r["best"]["best"]) and best["metrics"]["epoch"] in (0, 1)
+    assert best["metrics"]["val_loss"] == pytest.approx(r["best"]["best"])
 
 
 def test_rerun_with_another_config_is_refused_unless_force(tmp_path):
@@ -161,20 +167,20 @@ def test_csv_log_of_an_interrupted_run_is_moved_aside_and_merged_back(tmp_path):
     after, keeping every epoch once, also across a second interruption."""
     import csv
 
-    from matxfer.train.loop import STASHED_CSV, _merge_csv_logs, _stash_csv_log
+    from matxfer.train.resume import STASHED_CSV, merge_csv_logs, stash_csv_log
 
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "metrics.csv").write_text(
         "epoch,step,train_loss,val_loss\n0,4,1.0,\n0,4,,0.9\n1,8,0.8,\n1,8,,0.7\n2,12,0.6,\n"
     )
-    text = _stash_csv_log(logs)
+    text = stash_csv_log(logs)
     assert not (logs / "metrics.csv").exists() and (logs / STASHED_CSV).is_file()
     # interrupted again before the merge: a new partial log, then a second resume at epoch 2
     (logs / "metrics.csv").write_text("epoch,step,val_loss\n2,12,0.55\n")
-    text = _stash_csv_log(logs)
+    text = stash_csv_log(logs)
     (logs / "metrics.csv").write_text("epoch,step,val_loss,train_loss\n2,12,0.5,\n2,12,,0.45\n3,16,0.4,\n")
-    _merge_csv_logs(logs / "metrics.csv", text, start_epoch=2)
+    merge_csv_logs(logs / "metrics.csv", text, start_epoch=2)
     with open(logs / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "0", "1", "1", "2", "2", "3"]

@@ -9,7 +9,7 @@ from e3nn import o3
 from matxfer.normalize import IrrepsNormalizer
 from matxfer.tasks import make_task
 from matxfer.tensors import rotate
-from matxfer.train.loop import entry_loss
+from matxfer.train.losses import entry_loss
 
 
 def test_default_loss_is_mse_for_scalars_and_l1_for_tensors():
@@ -88,7 +88,7 @@ def _batch(task, y):
 
 
 def test_relative_weighting_scores_relative_error():
-    from matxfer.train.loop import task_losses
+    from matxfer.train.losses import task_losses
 
     torch.manual_seed(2)
     task = make_task("piezo_tensor", weighting="relative", relative_floor=1e-6)
@@ -109,7 +109,7 @@ def test_relative_weighting_scores_relative_error():
 
 
 def test_sign_agnostic_loss_scores_the_better_of_y_and_minus_y():
-    from matxfer.train.loop import task_losses
+    from matxfer.train.losses import task_losses
 
     torch.manual_seed(3)
     task = make_task("piezo_tensor", sign_agnostic=True)

@@ -7,7 +7,7 @@ from torch_geometric.data import Data
 
 from matxfer.tasks import make_task
 from matxfer.train.data import mask_key
-from matxfer.train.loop import task_balanced_sampler
+from matxfer.train.lightning import task_balanced_sampler
 
 
 def _graph(has_eform: bool, has_bulk: bool) -> Data:

@@ -220,7 +220,11 @@ class PropertyModel(nn.Module):
             task -> ``[B]`` (scalar), ``[B, 3, 3(, 3(, 3))]`` (Cartesian tensor) or
             ``[n_atoms, 3, 3]`` (per-atom tensor).
         """
-        raw = self(data)
+        return self.to_physical(self(data))
+
+    def to_physical(self, raw: Predictions) -> Predictions:
+        """Normalised head outputs (what :meth:`forward` returns) -> physical units
+        (Cartesian tensors), for the tasks in ``raw``."""
         result = {}
         for name, y in raw.items():
             norm: Any = self.normalizers[name]
