@@ -1,98 +1,198 @@
-"""Run configuration: frozen dataclass schemas loaded from YAML with ``key=value`` overrides.
+"""Run configuration: typed pydantic models read from YAML with ``key=value`` overrides.
 
-Unknown keys are errors everywhere, and every field is type- and range-checked when read
-(:func:`check_field`): a wrong value is one line naming the key, the value and what was
-expected. Dotted overrides on the command line (``optim.lr=1e-3 model.backbone.n_layers=2``)
-are parsed as YAML scalars.
+The schema is a tree of pydantic v2 models (``extra="forbid"``: unknown keys are errors
+everywhere). Settings with a fixed set of values are ``Literal`` types and numbers carry their
+ranges, so every field is type- and range-checked when the config is read, before any data
+is loaded; :func:`validated` turns pydantic's errors into one line naming the key, the value
+and what was expected. Scalars are strict (``1`` is not ``true``, ``2.5`` is not an integer);
+numbers written the YAML-1.1 way (``1e-3``, which YAML reads as a string) are numbers.
+Dotted overrides on the command line (``optim.lr=1e-3 model.backbone.n_layers=2``) are parsed
+as YAML scalars. Backbone and head options (``model.*``) are checked against the config
+class each one registers (:mod:`matxfer.models.registry`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict, ValidationError
+from pydantic_core import PydanticCustomError
 
 
-@dataclass
-class SplitConfig:
-    """How to split the labelled entries.
+class Expect:
+    """Annotation metadata: what a field expects, in words, for error messages (replaces
+    the type's own description)."""
 
-    Attributes:
-        fractions: train/val/test fractions.
-        seed: split seed (ids are ranked by a hash of seed and id).
-        sizes: absolute train/val/test sizes instead (None entries take the rest).
-        file: a saved split (JSON with train/val/test id lists) to use as is.
-        stratify: ``none``, or ``crystal_system``: each crystal system (spglib, 0.1 Angstrom)
-            is split with ``fractions`` on its own, so test and validation hold every system
-            in its share.
-    """
+    def __init__(self, text: str):
+        self.text = text
 
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    sizes: tuple[int | None, int | None, int | None] | None = None
-    file: str | None = None
-    stratify: str = "none"
+    def __repr__(self) -> str:
+        return f"Expect({self.text!r})"
 
 
-@dataclass
-class DataConfig:
-    """Which data to train on.
+class Note:
+    """Annotation metadata: a condition in words, added in parentheses to the type's
+    description in error messages (``a list of integers (sizes >= 1)``)."""
 
-    Attributes:
-        datasets: registry names; several are merged by material id (each material keeps the
-            labels it has).
-        targets: the labels to learn (one head each).
-        limit: parse at most this many entries per dataset (quick runs).
-        validate: drop entries that fail ``matxfer data validate``.
-        exclude_ids_from: datasets whose material ids are removed (leakage control).
-        exclude_ids: explicit ids to remove.
-        train_size: subsample the training split to this size (learning curves).
-        data_dir: data directory (default ``$MATXFER_DATA_DIR`` / ``../shared/data``).
-        sampler: ``uniform`` or ``balanced`` (multi-task: each training crystal is drawn with
-            probability proportional to 1 / (count of its rarest task), so rare tasks do not
-            starve).
-        graph_store: folder of an on-disk graph store (:mod:`matxfer.data.graph_store`,
-            built by ``matxfer data build-store`` or here on first use, resumed and extended
-            as needed): the graphs are then read from it by the DataLoader
-            (``trainer.num_workers`` worker processes) instead of held in memory.
-    """
+    def __init__(self, text: str):
+        self.text = text
 
-    datasets: list[str] = field(default_factory=list)
-    targets: list[str] = field(default_factory=list)
-    limit: int | None = None
-    validate: bool = True
-    exclude_ids_from: list[str] = field(default_factory=list)
-    exclude_ids: list[str] = field(default_factory=list)
-    train_size: int | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
-    data_dir: str | None = None
-    sampler: str = "uniform"
-    graph_store: str | None = None
+    def __repr__(self) -> str:
+        return f"Note({self.text!r})"
 
 
-@dataclass
-class GraphConfig:
+def _yaml_number(value: Any) -> Any:
+    """``'1e-3'`` (a YAML-1.1 string) -> 1e-3; nan / inf strings and others unchanged."""
+    if isinstance(value, str) and value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity"):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def rule(test: typing.Callable[[Any], bool], extra: typing.Callable[[Any], str] | None = None,
+         expected: str | None = None):
+    """An after-validator failing with a ``rule`` error when ``test(value)`` is false
+    (``extra(value)`` is appended to the message; ``expected`` replaces the field's own
+    description in it)."""
+
+    def check(value: Any) -> Any:
+        if value is not None and not test(value):
+            ctx = {"extra": extra(value) if extra else "", "expected": expected or ""}
+            raise PydanticCustomError("rule", "{extra}", ctx)
+        return value
+
+    return AfterValidator(check)
+
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, BeforeValidator(_yaml_number), Strict()]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+
+#: option types of backbone and head configs
+PosInt = Annotated[int, Strict(), Ge(1)]
+PosFloat = Annotated[float, BeforeValidator(_yaml_number), Strict(), Gt(0)]
+NonNegFloat = Annotated[float, BeforeValidator(_yaml_number), Strict(), Ge(0)]
+Widths = Annotated[list[PosInt], Note("widths >= 1")]
+
+
+class ModuleConfig(BaseModel):
+    """Base of the option schema each backbone and head declares next to its code
+    (``@register_backbone(name, config=...)``): unknown options are errors, every value is
+    type- and range-checked when the model is built, and the defaults are the
+    constructor's."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+_RECIPE_RE = re.compile(r"scratch|head|full|freeze:\d+")
+Recipe = Annotated[Str, Expect("one of scratch, head, full, freeze:K (K >= 0)"),
+                   rule(lambda v: bool(_RECIPE_RE.fullmatch(v)))]
+
+
+def _fractions_ok(v: tuple[float, ...]) -> bool:
+    return all(0.0 <= x <= 1.0 for x in v) and abs(sum(v) - 1.0) <= 1e-6
+
+
+def _sum_note(v: tuple[float, ...]) -> str:
+    return f" (sum {sum(v):g})" if abs(sum(v) - 1.0) > 1e-6 else ""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors; attributes stay assignable."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+with warnings.catch_warnings():
+    # DataConfig.validate (drop invalid entries) shadows a deprecated BaseModel method
+    warnings.filterwarnings("ignore", message=r"Field name \"validate\"")
+
+    class SplitConfig(Section):
+        """How to split the labelled entries.
+
+        Attributes:
+            fractions: train/val/test fractions.
+            seed: split seed (ids are ranked by a hash of seed and id).
+            sizes: absolute train/val/test sizes instead (None entries take the rest).
+            file: a saved split (JSON with train/val/test id lists) to use as is.
+            stratify: ``none``, or ``crystal_system``: each crystal system (spglib, 0.1
+                Angstrom) is split with ``fractions`` on its own, so test and validation hold
+                every system in its share.
+        """
+
+        fractions: Annotated[
+            tuple[Float, Float, Float],
+            Expect("3 fractions (train, val, test), each in [0, 1], summing to 1"),
+            rule(_fractions_ok, _sum_note),
+        ] = (0.8, 0.1, 0.1)
+        seed: Int = 0
+        sizes: Annotated[
+            tuple[Annotated[Int, Ge(0)] | None, Annotated[Int, Ge(0)] | None,
+                  Annotated[Int, Ge(0)] | None] | None,
+            Expect("3 sizes >= 0 or null (train, val, test)"),
+        ] = None
+        file: Str | None = None
+        stratify: Literal["none", "crystal_system"] = "none"
+
+    class DataConfig(Section):
+        """Which data to train on.
+
+        Attributes:
+            datasets: registry names; several are merged by material id (each material keeps
+                the labels it has).
+            targets: the labels to learn (one head each).
+            limit: parse at most this many entries per dataset (quick runs).
+            validate: drop entries that fail ``matxfer data validate``.
+            exclude_ids_from: datasets whose material ids are removed (leakage control).
+            exclude_ids: explicit ids to remove.
+            train_size: subsample the training split to this size (learning curves).
+            data_dir: data directory (default ``$MATXFER_DATA_DIR`` / ``../shared/data``).
+            sampler: ``uniform`` or ``balanced`` (multi-task: each training crystal is drawn
+                with probability proportional to 1 / (count of its rarest task), so rare tasks
+                do not starve).
+            graph_store: folder of an on-disk graph store (:mod:`matxfer.data.graph_store`,
+                built by ``matxfer data build-store`` or here on first use, resumed and
+                extended as needed): the graphs are then read from it by the DataLoader
+                (``trainer.num_workers`` worker processes) instead of held in memory.
+        """
+
+        datasets: list[Str] = []
+        targets: list[Str] = []
+        limit: Annotated[Int, Ge(1)] | None = None
+        validate: Bool = True  # type: ignore[assignment]
+        exclude_ids_from: list[Str] = []
+        exclude_ids: list[Str] = []
+        train_size: Annotated[Int, Ge(1)] | None = None
+        split: SplitConfig = SplitConfig()
+        data_dir: Str | None = None
+        sampler: Literal["uniform", "balanced"] = "uniform"
+        graph_store: Str | None = None
+
+
+class GraphConfig(Section):
     """Graph settings; ``None`` fields take the backbone's defaults."""
 
-    cutoff: float | None = None
-    max_neighbors: int | None = None
-    fallback_k: int = 12
-    line_graph: bool | None = None
-    keep_shell: bool | None = None
-    atom_features: str | None = None
-    atom_table: str | None = None  # path of an atom_init.json for atom_features="table"
+    cutoff: Annotated[Float, Gt(0)] | None = None
+    max_neighbors: Annotated[Int, Ge(1)] | None = None
+    fallback_k: Annotated[Int, Ge(1)] = 12
+    line_graph: Bool | None = None
+    keep_shell: Bool | None = None
+    atom_features: Str | None = None
+    atom_table: Str | None = None  # path of an atom_init.json for atom_features="table"
 
 
-@dataclass
-class TaskConfig:
+class TaskConfig(Section):
     """Per-task settings.
 
     Attributes:
@@ -110,16 +210,15 @@ class TaskConfig:
             them, so heavy-tailed labels are fitted in relative error).
     """
 
-    weight: float = 1.0
-    loss: str | None = None
-    weighting: str = "none"
-    relative_floor: float = 0.1
-    sign_agnostic: bool = False
-    parameterization: str = "linear"
+    weight: Annotated[Float, Ge(0)] = 1.0
+    loss: Annotated[Literal["mse", "l1", "huber"] | None, Expect("one of mse, l1, huber")] = None
+    weighting: Literal["none", "relative"] = "none"
+    relative_floor: Annotated[Float, Gt(0)] = 0.1
+    sign_agnostic: Bool = False
+    parameterization: Literal["linear", "log_isotropic"] = "linear"
 
 
-@dataclass
-class OptimConfig:
+class OptimConfig(Section):
     """Optimiser and schedule.
 
     Attributes:
@@ -127,7 +226,8 @@ class OptimConfig:
         weight_decay: AdamW weight decay.
         epochs: maximum epochs.
         batch_size: graphs per batch.
-        scheduler: ``cosine`` (with linear warm-up), ``plateau`` or ``none``.
+        scheduler: ``cosine`` (linear warm-up, then cosine decay to zero), ``plateau`` or
+            ``none``.
         warmup_epochs: linear warm-up length for ``cosine``.
         patience: early-stopping patience in epochs (0 disables early stopping).
         grad_clip: gradient-norm clipping (0 disables).
@@ -141,38 +241,42 @@ class OptimConfig:
             capped at 5 % of it, and ``max_time_min`` becomes the budget (a hard stop).
     """
 
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    epochs: int = 100
-    batch_size: int = 32
-    scheduler: str = "cosine"
-    warmup_epochs: int = 2
-    patience: int = 20
-    grad_clip: float = 10.0
-    lr_mult: dict[str, float] = field(default_factory=dict)
-    layer_decay: float = 1.0
-    max_time_min: float | None = None
-    budget_min: float | None = None
+    lr: Annotated[Float, Gt(0)] = 2e-3
+    weight_decay: Annotated[Float, Ge(0)] = 1e-5
+    epochs: Annotated[Int, Ge(1)] = 100
+    batch_size: Annotated[Int, Ge(1)] = 32
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: Annotated[Int, Ge(0)] = 2
+    patience: Annotated[Int, Ge(0)] = 20
+    grad_clip: Annotated[Float, Ge(0)] = 10.0
+    lr_mult: Annotated[
+        dict[Str, Float],
+        rule(lambda v: all(x >= 0 for x in v.values()),
+             expected="a mapping of parameter-name prefixes to multipliers >= 0"),
+    ] = {}
+    layer_decay: Annotated[Float, Gt(0), Le(1)] = 1.0
+    max_time_min: Annotated[Float, Gt(0)] | None = None
+    budget_min: Annotated[Float, Gt(0)] | None = None
 
 
-@dataclass
-class TrainerConfig:
-    accelerator: str = "auto"
+class TrainerConfig(Section):
+    """Lightning trainer settings and evaluation options."""
+
+    accelerator: Str = "auto"
     devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str | int = "32-true"
-    num_workers: int = 0
-    progress: bool = True
-    deterministic: bool = True
-    cache_frozen_features: bool = True  # frozen backbone: compute its outputs once
+    num_nodes: Annotated[Int, Ge(1)] = 1
+    strategy: Str = "auto"
+    precision: Str | Int = "32-true"
+    num_workers: Annotated[Int, Ge(0)] = 0
+    progress: Bool = True
+    deterministic: Bool = True
+    cache_frozen_features: Bool = True  # frozen backbone: compute its outputs once
     # tensor predictions are projected onto the invariants of each crystal's point group
     # before they are scored (spglib tolerance in Angstrom; None: scored as predicted)
-    symprec: float | None = 0.01
+    symprec: Annotated[Float, Gt(0)] | None = 0.01
 
 
-@dataclass
-class TransferConfig:
+class TransferConfig(Section):
     """How a pretrained checkpoint is reused (``matxfer finetune``).
 
     Attributes:
@@ -183,260 +287,242 @@ class TransferConfig:
         reinit_after_frozen: for ``freeze:k``, re-initialise the layers after the frozen ones.
     """
 
-    init_from: str | None = None
-    recipe: str = "full"
-    keep_heads: list[str] = field(default_factory=list)
-    reinit_after_frozen: bool = True
+    init_from: Str | None = None
+    recipe: Recipe = "full"
+    keep_heads: list[Str] = []
+    reinit_after_frozen: Bool = True
 
 
-@dataclass
-class RunConfig:
-    name: str = "run"
-    seed: int = 0
-    out: str | None = None
-    data: DataConfig = field(default_factory=DataConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    model: dict[str, Any] = field(default_factory=dict)
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
+class RunConfig(Section):
+    """A training run: data, graphs, model, tasks, optimiser, trainer and transfer recipe."""
+
+    name: Str = "run"
+    seed: Int = 0
+    out: Str | None = None
+    data: DataConfig = DataConfig()
+    graph: GraphConfig = GraphConfig()
+    model: dict[Str, Any] = {}
+    tasks: dict[Str, TaskConfig] = {}
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    transfer: TransferConfig = TransferConfig()
 
 
 # ----------------------------------------------------------------------------------------
-# type and range checks: every field is checked when read, one line naming key, value and
-# what was expected
+# pydantic errors -> one line naming the key, the value and what was expected
 # ----------------------------------------------------------------------------------------
 
-_RECIPE_RE = re.compile(r"scratch|head|full|freeze:\d+")
+
+def _unwrap(tp: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, *meta]`` -> ``(T, meta)`` (nested Annotated flattened)."""
+    meta: list[Any] = []
+    while typing.get_origin(tp) is Annotated:
+        args = typing.get_args(tp)
+        tp, meta = args[0], list(args[1:]) + meta
+    return tp, meta
 
 
-def _fractions_ok(v: tuple[float, ...]) -> bool:
-    return all(0.0 <= x <= 1.0 for x in v) and abs(sum(v) - 1.0) <= 1e-6
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
-_GE0 = (lambda v: v >= 0, ">= 0")
-_GE1 = (lambda v: v >= 1, ">= 1")
-_GT0 = (lambda v: v > 0, "> 0")
-
-#: (dataclass, field) -> (test of the type-checked value, what is expected); None passes
-#: wherever the type allows it
-RULES: dict[tuple[type, str], tuple[Callable[[Any], bool], str]] = {
-    (SplitConfig, "fractions"): (
-        _fractions_ok,
-        "3 fractions (train, val, test), each in [0, 1], summing to 1",
-    ),
-    (SplitConfig, "sizes"): (lambda v: all(x is None or x >= 0 for x in v), "3 sizes >= 0 or null"),
-    (SplitConfig, "stratify"): (lambda v: v in ("none", "crystal_system"), "one of none, crystal_system"),
-    (DataConfig, "limit"): _GE1,
-    (DataConfig, "train_size"): _GE1,
-    (DataConfig, "sampler"): (lambda v: v in ("uniform", "balanced"), "one of uniform, balanced"),
-    (GraphConfig, "cutoff"): _GT0,
-    (GraphConfig, "max_neighbors"): _GE1,
-    (GraphConfig, "fallback_k"): _GE1,
-    (TaskConfig, "weight"): _GE0,
-    (TaskConfig, "loss"): (lambda v: v in ("mse", "l1", "huber"), "one of mse, l1, huber"),
-    (TaskConfig, "weighting"): (lambda v: v in ("none", "relative"), "one of none, relative"),
-    (TaskConfig, "relative_floor"): _GT0,
-    (TaskConfig, "parameterization"): (
-        lambda v: v in ("linear", "log_isotropic"),
-        "one of linear, log_isotropic",
-    ),
-    (OptimConfig, "lr"): _GT0,
-    (OptimConfig, "weight_decay"): _GE0,
-    (OptimConfig, "epochs"): _GE1,
-    (OptimConfig, "batch_size"): _GE1,
-    (OptimConfig, "scheduler"): (
-        lambda v: v in ("cosine", "plateau", "none"),
-        "one of cosine, plateau, none",
-    ),
-    (OptimConfig, "warmup_epochs"): _GE0,
-    (OptimConfig, "patience"): _GE0,
-    (OptimConfig, "grad_clip"): _GE0,
-    (OptimConfig, "lr_mult"): (lambda v: all(x >= 0 for x in v.values()), "multipliers >= 0"),
-    (OptimConfig, "layer_decay"): (lambda v: 0 < v <= 1, "in (0, 1]"),
-    (OptimConfig, "max_time_min"): _GT0,
-    (OptimConfig, "budget_min"): _GT0,
-    (TrainerConfig, "symprec"): _GT0,
-    (TrainerConfig, "num_nodes"): _GE1,
-    (TrainerConfig, "num_workers"): _GE0,
-    (TransferConfig, "recipe"): (
-        lambda v: bool(_RECIPE_RE.fullmatch(v)),
-        "one of scratch, head, full, freeze:K (K >= 0)",
-    ),
-}
+def _constraints(tp: Any, meta: list[Any]) -> list[str]:
+    """Range constraints on a type (``>= 1``, ``in (0, 1]``...), from its metadata and from
+    the non-null members of a union."""
+    marks = {type(m): m for m in meta if isinstance(m, (Ge, Gt, Le, Lt))}
+    out = []
+    lo = marks.get(Ge) or marks.get(Gt)
+    hi = marks.get(Le) or marks.get(Lt)
+    if lo is not None and hi is not None:
+        left = "[" if isinstance(lo, Ge) else "("
+        right = "]" if isinstance(hi, Le) else ")"
+        out.append(f"in {left}{_num(_bound(lo))}, {_num(_bound(hi))}{right}")
+    elif lo is not None:
+        out.append(f"{'>=' if isinstance(lo, Ge) else '>'} {_num(_bound(lo))}")
+    elif hi is not None:
+        out.append(f"{'<=' if isinstance(hi, Le) else '<'} {_num(_bound(hi))}")
+    if _is_union(tp):
+        for member in typing.get_args(tp):
+            inner, m = _unwrap(member)
+            out.extend(_constraints(inner, m))
+    return out
 
 
-def _describe(tp: Any) -> str:
+def _bound(mark: Any) -> Any:
+    return next(getattr(mark, k) for k in ("ge", "gt", "le", "lt") if hasattr(mark, k))
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe(tp: Any) -> str:
+    """What a value of annotation ``tp`` must be, in words (``an integer or null (>= 1)``)."""
+    base, meta = _unwrap(tp)
+    for m in meta:
+        if isinstance(m, Expect):
+            return m.text
+    text = _type_words(base)
+    extra = _constraints(base, meta) + [m.text for m in meta if isinstance(m, Note)]
+    return f"{text} ({', '.join(extra)})" if extra else text
+
+
+def _type_words(tp: Any) -> str:
+    tp, meta = _unwrap(tp)
+    for m in meta:
+        if isinstance(m, Expect):
+            return m.text
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return "anything"
     if tp is type(None):
         return "null"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if _is_union(tp):
+        return " or ".join(_type_words(a) for a in args)
     if origin is list:
         return f"a list of {_plural(args[0])}"
     if origin is tuple:
         return f"a list of {len(args)} {_plural(args[0])}"
     if origin is dict:
         return f"a mapping of {_plural(args[0])} to {_plural(args[1])}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
 
 
 def _plural(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+    tp, _ = _unwrap(tp)
+    if _is_union(tp):
         return " or ".join(_plural(a) for a in typing.get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mappings"
     return {bool: "booleans", int: "integers", float: "numbers", str: "strings",
-            type(None): "nulls"}.get(tp, _describe(tp))
+            type(None): "nulls"}.get(tp, _type_words(tp))
 
 
-class _Mismatch(ValueError):
-    pass
+def _field_type(model: type[BaseModel], name: str) -> Any:
+    info = model.model_fields[name]
+    if not info.metadata:
+        return info.annotation
+    return Annotated.__class_getitem__((info.annotation, *info.metadata))  # type: ignore[attr-defined]
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` as type ``tp`` (YAML-1.1 number strings such as ``1e-3`` read as numbers);
-    raises :class:`_Mismatch` when it is not one."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin in (typing.Union, types.UnionType):
-        for a in args:
-            try:
-                return _coerce(value, a, where)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                v = float(value)
-            except ValueError:
-                raise _Mismatch from None
-            if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity"):
-                return v
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        return [_element(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise _Mismatch
-        return tuple(_element(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return {_element(k, args[0], where): _element(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    raise TypeError(f"no type check for {tp!r} ({where})")
+def _walk(model: type[BaseModel], raw: Any, loc: tuple) -> tuple[list[str], Any, Any, bool]:
+    """Follow an error location through the schema and the raw input.
+
+    Returns:
+        (key parts, annotation at the location, raw value at the location, whether the
+        whole location was followed); the walk stops
+        at a union (pydantic's member tags follow in ``loc``) and at a field described as a
+        whole (an :class:`Expect` annotation: an error inside it is reported on it).
+    """
+    parts: list[str] = []
+    tp: Any = model
+    value = raw
+    complete = 0
+    for elem in loc:
+        base, meta = _unwrap(tp)
+        if any(isinstance(m, Expect) for m in meta):
+            break
+        if _is_union(base):
+            members = [m for m in typing.get_args(base) if m is not type(None)]
+            if len(members) != 1:
+                break
+            base, _ = _unwrap(members[0])
+        origin, args = typing.get_origin(base), typing.get_args(base)
+        if isinstance(base, type) and issubclass(base, BaseModel) and isinstance(elem, str) \
+                and elem in base.model_fields:
+            tp = _field_type(base, elem)
+            parts.append(elem)
+        elif origin is list and isinstance(elem, int):
+            tp = args[0]
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{elem}]"]
+        elif origin is tuple and isinstance(elem, int) and elem < len(args):
+            tp = args[elem]
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{elem}]"]
+        elif origin is dict and isinstance(elem, str):
+            tp = args[1]
+            parts.append(elem)
+        else:
+            break
+        complete += 1
+        if isinstance(value, dict):
+            value = value.get(elem)
+        elif isinstance(value, (list, tuple)) and isinstance(elem, int) and elem < len(value):
+            value = value[elem]
+        else:
+            value = None
+    return parts, tp, value, complete == len(loc)
 
 
-def _element(value: Any, tp: Any, where: str) -> Any:
-    try:
-        return _coerce(value, tp, where)
-    except _Mismatch:
-        raise ValueError(f"{where}: expected {_describe(tp)}, got {value!r}") from None
+def _message(model: type[BaseModel], raw: Any, exc: ValidationError, where: str,
+             sep: str = ".") -> str:
+    errors = exc.errors()
+
+    def key(parts: list[str]) -> str:
+        inner = ".".join(p for p in parts if p)
+        return sep.join(p for p in (where, inner) if p)
+
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        parent = extra[0]["loc"][:-1]
+        names = sorted(str(e["loc"][-1]) for e in extra if e["loc"][:-1] == parent)
+        parts, tp, _, _ = _walk(model, raw, parent)
+        section, _ = _unwrap(tp)
+        valid = sorted(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        return f"unknown key(s) {names} in {key(parts) or 'config'}; valid: {valid}"
+    err = errors[0]
+    parts, tp, value, whole = _walk(model, raw, tuple(err["loc"]))
+    if value is None and err.get("input") is not None and err["type"] != "missing":
+        value = err["input"]
+    name = key(parts) or "config"
+    if err["type"] == "missing" and whole:
+        return f"{name}: missing (expected {describe(tp)})"
+    ctx = err.get("ctx") or {}
+    expected = (ctx.get("expected") if err["type"] == "rule" else None) or describe(tp)
+    base, _ = _unwrap(tp)
+    if _is_union(base):
+        members = [m for m in typing.get_args(base) if m is not type(None)]
+        base = _unwrap(members[0])[0] if len(members) == 1 else base
+    if isinstance(value, str) and typing.get_origin(base) in (list, tuple):
+        return f"{name}: expected {expected}, got the string {value!r} (write it as a list: [{value}])"
+    note = ctx.get("extra", "") if err["type"] == "rule" else ""
+    return f"{name}: expected {expected}, got {value!r}{note}"
 
 
-def check_field(cls: type, name: str, value: Any, where: str, tp: Any = None) -> Any:
-    """The value of field ``name`` of dataclass ``cls`` after its type and range checks.
+def validated(model: type[BaseModel], raw: Any, where: str = "", sep: str = "."):
+    """``model`` built from ``raw`` (a mapping; None: the defaults).
 
     Raises:
-        ValueError: one line naming the key, the value and what was expected.
+        ValueError: one line naming the key (prefixed by ``where``), the value given and
+            what was expected; unknown keys are named with the valid ones. ``sep`` joins
+            ``where`` and the key (``model.backbone.width``; ``head 'scalar' option hidden``).
     """
-    if tp is None:
-        tp = typing.get_type_hints(cls)[name]
-    rule = RULES.get((cls, name))
-    expected = _describe(tp)
-    if rule is not None:  # a rule saying what the value is replaces the type's name
-        expected = rule[1] if rule[1].startswith(("one of", "3 ")) else f"{expected} ({rule[1]})"
-    members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    if isinstance(value, str) and str not in members and any(
-        typing.get_origin(m) in (list, tuple) for m in members
-    ):
-        raise ValueError(
-            f"{where}: expected {expected}, got the string {value!r} (write it as a list: [{value}])"
-        )
+    if raw is None:
+        raw = {}
+    if isinstance(raw, model):
+        return raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {raw!r}")
     try:
-        out = _coerce(value, tp, where)
-    except _Mismatch:
-        raise ValueError(f"{where}: expected {expected}, got {value!r}") from None
-    if rule is not None and out is not None and not rule[0](out):
-        extra = f" (sum {sum(out):g})" if (cls, name) == (SplitConfig, "fractions") else ""
-        raise ValueError(f"{where}: expected {expected}, got {value!r}{extra}")
-    return out
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_message(model, raw, exc, where, sep)) from None
 
 
 # ----------------------------------------------------------------------------------------
-
-
-def _from_dict(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from a dict, refusing unknown keys."""
-    if data is None:
-        return cls()
-    if dataclasses.is_dataclass(data):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {sorted(unknown)} in {where or 'config'}; valid: {sorted(fields)}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        sub = f"{where}.{name}" if where else name
-        ftype = _SUBCONFIGS.get((cls, name))
-        if ftype is not None:
-            kwargs[name] = _from_dict(ftype, value, sub)
-        elif (cls, name) == (RunConfig, "tasks"):
-            if not isinstance(value, dict):
-                raise ValueError(f"{sub}: expected a mapping of task name -> settings, got {value!r}")
-            kwargs[name] = {k: _from_dict(TaskConfig, v, f"{sub}.{k}") for k, v in value.items()}
-        else:
-            kwargs[name] = check_field(cls, name, value, sub, hints[name])
-    return cls(**kwargs)
-
-
-_SUBCONFIGS = {
-    (RunConfig, "data"): DataConfig,
-    (RunConfig, "graph"): GraphConfig,
-    (RunConfig, "optim"): OptimConfig,
-    (RunConfig, "trainer"): TrainerConfig,
-    (RunConfig, "transfer"): TransferConfig,
-    (DataConfig, "split"): SplitConfig,
-}
 
 
 def to_dict(cfg) -> dict[str, Any]:
     """Plain nested dict (lists instead of tuples), safe for YAML and checkpoints."""
 
     def conv(x):
-        if dataclasses.is_dataclass(x):
-            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, BaseModel):
+            return {name: conv(getattr(x, name)) for name in type(x).model_fields}
         if isinstance(x, dict):
             return {k: conv(v) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
@@ -508,7 +594,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    cfg = _from_dict(RunConfig, raw, "")
+    """A checked :class:`RunConfig` from a plain dict (see :func:`validated`)."""
+    cfg = validated(RunConfig, raw)
     if not isinstance(cfg.model, dict):
         raise ValueError("model: expected a mapping with 'backbone' and 'heads'")
     unknown = set(cfg.model) - {"backbone", "heads"}

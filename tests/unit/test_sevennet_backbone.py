@@ -539,12 +539,12 @@ def test_study_imports_sevennet(sevenn_installed, tmp_path):
 
     runner = StudyRunner.__new__(StudyRunner)
     runner.out = tmp_path
-    path = runner.imported_checkpoint(PretrainSpec("7n", importer="sevennet:0:project"))
+    path = runner.imported_checkpoint(PretrainSpec(name="7n", importer="sevennet:0:project"))
     ckpt = load_checkpoint(path)
     bb = ckpt["model_config"]["backbone"]
     assert bb["name"] == "sevennet" and bb["model"] == "7net-0" and bb["parity"] == "project"
     assert ckpt["graph"]["cutoff"] == 5.0 and ckpt["graph"]["max_neighbors"] is None
-    assert runner.imported_checkpoint(PretrainSpec("7n", importer="sevennet:0")) == path
+    assert runner.imported_checkpoint(PretrainSpec(name="7n", importer="sevennet:0")) == path
 
 
 def test_born_head_needs_split_parity(backbone64, split64, zno):

@@ -9,8 +9,15 @@ vanishes from the registry silently.
 
 Other code adds classes with the decorators::
 
-    @register_backbone("my-backbone")
+    class MyBackboneConfig(ModuleConfig):    # matxfer.config.ModuleConfig
+        width: PosInt = 64
+
+    @register_backbone("my-backbone", config=MyBackboneConfig)
     class MyBackbone(Backbone): ...
+
+The config class is the option schema (pydantic): a config's options are validated through it
+when the model is built (one line naming the option, the value and what was expected;
+unknown options listed with the valid ones), and its defaults are the constructor's.
 
 and other packages through the entry-point groups ``matxfer.backbones`` and
 ``matxfer.heads`` (``name = "package.module"``: the module registers ``name`` when imported).
@@ -159,7 +166,7 @@ BACKBONES = LazyTable("backbone", BUILTIN_BACKBONES, "matxfer.backbones")
 HEADS = LazyTable("head", BUILTIN_HEADS, "matxfer.heads")
 
 
-def _register(table: LazyTable, kind: str, name: str):
+def _register(table: LazyTable, kind: str, name: str, config: type | None):
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
 
@@ -168,31 +175,56 @@ def _register(table: LazyTable, kind: str, name: str):
         if other is not None and other.__qualname__ != cls.__qualname__:
             raise ValueError(f"{kind} name {name!r} is already registered to {other.__name__}")
         cls.registry_name = name
+        if config is not None:
+            cls.Config = config
         table[name] = cls
         return cls
 
     return deco
 
 
-def register_backbone(name: str):
-    """Class decorator registering a backbone under ``name``."""
-    return _register(BACKBONES, "backbone", name)
+def register_backbone(name: str, config: type | None = None):
+    """Class decorator registering a backbone under ``name`` with its option schema
+    ``config`` (a :class:`matxfer.config.ModuleConfig`)."""
+    return _register(BACKBONES, "backbone", name, config)
 
 
-def register_head(name: str):
-    """Class decorator registering a head under ``name``."""
-    return _register(HEADS, "head", name)
+def register_head(name: str, config: type | None = None):
+    """Class decorator registering a head under ``name`` with its option schema ``config``."""
+    return _register(HEADS, "head", name, config)
 
 
-def _check_kwargs(cls: type, kind: str, name: str, kwargs: dict, skip: int) -> None:
-    """Raise a ValueError listing the valid keys when ``kwargs`` has unknown ones."""
+def config_class(cls: type) -> type | None:
+    """The option schema a backbone or head class was registered with (None: none)."""
+    return cls.__dict__.get("Config")  # not inherited: a subclass declares its own options
+
+
+def checked_options(cls: type, kind: str, name: str, kwargs: dict, skip: int,
+                    where: str | None = None) -> dict:
+    """``kwargs`` validated through the class's option schema (values as the schema reads
+    them: ``'1e-3'`` -> 0.001); without a schema, only unknown keywords are refused.
+
+    Raises:
+        ValueError: one line naming the option (under ``where``, default ``<kind> '<name>'``),
+            the value and what was expected, or the unknown options and the valid ones.
+    """
+    from matxfer.config import validated
+
+    sep = "."
+    if where is None:
+        where, sep = f"{kind} {name!r}", " option "
+    schema = config_class(cls)
+    if schema is not None:
+        conf = validated(schema, kwargs, where, sep)
+        return {k: getattr(conf, k) for k in kwargs}
     params = list(inspect.signature(cls).parameters.values())[skip:]
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        return
+        return kwargs
     valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"unknown {kind} {name!r} option(s) {unknown}; valid: {valid}")
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(valid)}")
+    return kwargs
 
 
 def _split_name(cfg: dict, kind: str, table: LazyTable) -> tuple[str, type, dict]:
@@ -205,26 +237,25 @@ def _split_name(cfg: dict, kind: str, table: LazyTable) -> tuple[str, type, dict
     return name, table[name], cfg
 
 
-def build_backbone(cfg: dict[str, Any]) -> Backbone:
-    """Backbone from ``{"name": ..., **kwargs}``.
+def build_backbone(cfg: dict[str, Any], where: str | None = None) -> Backbone:
+    """Backbone from ``{"name": ..., **options}``.
 
     Raises:
-        ValueError: unknown name or unknown keyword (the message lists the valid ones).
+        ValueError: unknown name, unknown option or a bad value (one line naming it under
+            ``where``, e.g. ``model.backbone``, and what was expected).
     """
     name, cls, kwargs = _split_name(cfg, "backbone", BACKBONES)
-    _check_kwargs(cls, "backbone", name, kwargs, 0)
-    return cls(**kwargs)
+    return cls(**checked_options(cls, "backbone", name, kwargs, 0, where))
 
 
-def build_head(cfg: dict[str, Any], in_spec: OutSpec) -> Head:
-    """Head from ``{"name": ..., **kwargs}`` and the backbone's ``out_spec``.
+def build_head(cfg: dict[str, Any], in_spec: OutSpec, where: str | None = None) -> Head:
+    """Head from ``{"name": ..., **options}`` and the backbone's ``out_spec``.
 
     Raises:
-        ValueError: unknown name or unknown keyword (the message lists the valid ones).
+        ValueError: unknown name, unknown option or a bad value (one line naming it).
     """
     name, cls, kwargs = _split_name(cfg, "head", HEADS)
-    _check_kwargs(cls, "head", name, kwargs, 1)
-    return cls(in_spec, **kwargs)
+    return cls(in_spec, **checked_options(cls, "head", name, kwargs, 1, where))
 
 
 def _task_field(task, field: str, default=None):
@@ -308,7 +339,12 @@ def build_model(model_cfg: dict[str, Any], tasks: dict[str, Any]):
             f"heads {sorted(heads_cfg)} do not match tasks {sorted(tasks)}: one head per task"
         )
     heads_cfg = {t: _head_for_task(t, c, tasks[t]) for t, c in heads_cfg.items()}
-    backbone = build_backbone(model_cfg["backbone"])
-    heads = nn.ModuleDict({t: build_head(c, backbone.out_spec) for t, c in heads_cfg.items()})
+    for t, c in heads_cfg.items():  # every option checked before anything is built
+        checked_options(HEADS[c["name"]], "head", c["name"],
+                        {k: v for k, v in c.items() if k != "name"}, 1, f"model.heads.{t}")
+    backbone = build_backbone(model_cfg["backbone"], "model.backbone")
+    heads = nn.ModuleDict(
+        {t: build_head(c, backbone.out_spec, f"model.heads.{t}") for t, c in heads_cfg.items()}
+    )
     norms = nn.ModuleDict({t: build_normalizer(tasks[t]) for t in heads_cfg})
     return PropertyModel(backbone, heads, norms, tasks)

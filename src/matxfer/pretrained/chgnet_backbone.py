@@ -41,13 +41,15 @@ import io
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+from annotated_types import Ge
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, Int, ModuleConfig, Str
 from matxfer.errors import MissingDependencyError
 from matxfer.models.base import Backbone
 from matxfer.models.registry import register_backbone
@@ -265,7 +267,17 @@ def map_chgnet_state_dict(
     return out
 
 
-@register_backbone("chgnet")
+class CHGNetConfig(ModuleConfig):
+    """Options of the ``chgnet`` backbone (see :class:`CHGNetBackbone`)."""
+
+    weights: Str | None = "0.3.0"
+    readout_norm: Bool = True
+    topology_cache: Annotated[Int, Ge(0)] = 4096
+    arch: dict[Str, Any] | None = None
+    initialized_from: Str | None = None
+
+
+@register_backbone("chgnet", config=CHGNetConfig)
 class CHGNetBackbone(Backbone):
     """Pretrained CHGNet interaction layers returning 64-dim atom features.
 

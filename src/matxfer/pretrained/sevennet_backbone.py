@@ -70,13 +70,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, Int, ModuleConfig, Str
 from matxfer.errors import MissingDependencyError
 from matxfer.models.base import Backbone
 from matxfer.models.registry import register_backbone
@@ -210,7 +211,18 @@ def _refresh_after_load(module, _incompatible_keys) -> None:
     module.refresh_wigner_3j()
 
 
-@register_backbone("sevennet")
+class SevenNetConfig(ModuleConfig):
+    """Options of the ``sevennet`` backbone (see :class:`SevenNetBackbone`)."""
+
+    model: Str = "7net-0"
+    pretrained: Bool = True
+    layers: Str | list[Int] = "all"
+    parity: Literal[PARITY_MODES] = "natural"
+    readout: Bool = False
+    initialized_from: Str | None = None
+
+
+@register_backbone("sevennet", config=SevenNetConfig)
 class SevenNetBackbone(Backbone):
     """Pretrained SevenNet interaction blocks returning the per-atom irreps of every block.
 

@@ -1,21 +1,33 @@
 """Study configuration: pretraining runs, targets, recipes, sizes and seeds.
 
-Every field is type- and range-checked when read (:func:`matxfer.config.check_field`); the run
-configs inside (``base``, pretraining ``config``) are checked when each run is built.
+Every field is type- and range-checked when read (the specs are pydantic models of
+:mod:`matxfer.config`, checked through :func:`matxfer.config.validated`); the run configs
+inside (``base``, pretraining ``config``) are checked when each run is built.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from matxfer.config import _RECIPE_RE, RULES, apply_overrides, check_field, read_yaml
+from annotated_types import Ge, Lt
+
+from matxfer.config import (
+    Float,
+    Int,
+    Note,
+    Recipe,
+    Section,
+    Str,
+    apply_overrides,
+    read_yaml,
+    rule,
+    validated,
+)
 
 
-@dataclass
-class PretrainSpec:
+class PretrainSpec(Section):
     """One pretraining run, shared by every cell that uses it.
 
     Exactly one of:
@@ -31,14 +43,17 @@ class PretrainSpec:
       ``atom_init.json`` beside it).
     """
 
-    name: str
-    config: dict[str, Any] | None = None
-    checkpoint: str | None = None
-    importer: str | None = None
+    name: Str
+    config: dict[Str, Any] | None = None
+    checkpoint: Str | None = None
+    importer: Str | None = None
 
 
-@dataclass
-class TargetSpec:
+def _sizes_ok(v: list) -> bool:
+    return len(v) > 0 and all(x == "all" if isinstance(x, str) else x >= 1 for x in v)
+
+
+class TargetSpec(Section):
     """One fine-tuning target.
 
     Attributes:
@@ -52,19 +67,18 @@ class TargetSpec:
             parameterization of its labels).
     """
 
-    name: str
-    data: dict[str, Any]
-    sizes: list[int | str]
-    test_fraction: float = 0.1
-    val_fraction: float = 0.1
-    test_size: int | None = None
-    val_size: int | None = None
-    split_seed: int = 0
-    tasks: dict[str, Any] = field(default_factory=dict)
+    name: Str
+    data: dict[Str, Any]
+    sizes: Annotated[list[Int | Str], Note("training-set sizes >= 1 or 'all'"), rule(_sizes_ok)]
+    test_fraction: Annotated[Float, Ge(0), Lt(1)] = 0.1
+    val_fraction: Annotated[Float, Ge(0), Lt(1)] = 0.1
+    test_size: Annotated[Int, Ge(0)] | None = None
+    val_size: Annotated[Int, Ge(0)] | None = None
+    split_seed: Int = 0
+    tasks: dict[Str, Any] = {}
 
 
-@dataclass
-class RecipeSpec:
+class RecipeSpec(Section):
     """A transfer recipe: ``kind`` in scratch | head | full | freeze:K, from a pretraining run.
 
     ``overrides`` are run-config dotted overrides for this recipe only
@@ -74,47 +88,26 @@ class RecipeSpec:
     default head).
     """
 
-    name: str
-    kind: str = "scratch"
-    pretrained: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    keep_heads: list[str] = field(default_factory=list)
-    head: dict[str, Any] | None = None
+    name: Str
+    kind: Recipe = "scratch"
+    pretrained: Str | None = None
+    overrides: list[Str] = []
+    keep_heads: list[Str] = []
+    head: dict[Str, Any] | None = None
 
 
-@dataclass
-class StudyConfig:
-    name: str
-    base: dict[str, Any]
+class StudyConfig(Section):
+    """A whole study: pretraining runs x targets x recipes x sizes x seeds."""
+
+    name: Str
+    base: dict[Str, Any]
     pretrain: list[PretrainSpec]
     targets: list[TargetSpec]
     recipes: list[RecipeSpec]
-    seeds: list[int]
-    scratch_pretrained: str | None = None
-    reference: dict[str, Any] = field(default_factory=dict)
-    notes: str = ""
-
-
-RULES.update(
-    {
-        (TargetSpec, "sizes"): (
-            lambda v: len(v) > 0 and all(x == "all" if isinstance(x, str) else x >= 1 for x in v),
-            "training-set sizes >= 1 or 'all'",
-        ),
-        (TargetSpec, "test_fraction"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-        (TargetSpec, "val_fraction"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-        (TargetSpec, "test_size"): (lambda v: v >= 0, ">= 0"),
-        (TargetSpec, "val_size"): (lambda v: v >= 0, ">= 0"),
-        (RecipeSpec, "kind"): (
-            lambda v: bool(_RECIPE_RE.fullmatch(v)),
-            "one of scratch, head, full, freeze:K (K >= 0)",
-        ),
-    }
-)
-
-
-def _checked(cls, spec: dict[str, Any], where: str) -> dict[str, Any]:
-    return {k: check_field(cls, k, v, f"{where}.{k}") for k, v in spec.items()}
+    seeds: list[Int]
+    scratch_pretrained: Str | None = None
+    reference: dict[Str, Any] = {}
+    notes: Str = ""
 
 
 #: kinds of third-party weights a study can import (``import: <kind>:<what>``)
@@ -168,7 +161,8 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
                     f"pretrain.{name}.import={spec['import']!r}; valid: 'chgnet:<version>', "
                     "'sevennet:<model>[:<parity>]' or 'cgcnn:<model or .pth.tar path>'"
                 )
-        pre.append(PretrainSpec(name, spec.get("config"), spec.get("checkpoint"), spec.get("import")))
+        pre.append(PretrainSpec(name=name, config=spec.get("config"), checkpoint=spec.get("checkpoint"),
+                                importer=spec.get("import")))
     targets = []
     tkeys = {"data", "sizes", "test_fraction", "val_fraction", "test_size", "val_size", "split_seed",
              "tasks"}
@@ -178,7 +172,7 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
         _check_keys(spec, tkeys, f"targets.{name}")
         if "data" not in spec or "sizes" not in spec:
             raise ValueError(f"targets.{name}: needs 'data' and 'sizes'")
-        t = TargetSpec(name=name, **_checked(TargetSpec, spec, f"targets.{name}"))
+        t = validated(TargetSpec, {"name": name, **spec}, f"targets.{name}")
         if t.test_fraction + t.val_fraction >= 1:
             raise ValueError(
                 f"targets.{name}: test_fraction + val_fraction = {t.test_fraction + t.val_fraction:g} "
@@ -205,14 +199,14 @@ def study_from_dict(raw: dict[str, Any]) -> StudyConfig:
                 f"recipe {item.get('name')!r}: head must be a head config with a 'name', or a "
                 "mapping from label to such a config"
             )
-        r = RecipeSpec(**_checked(RecipeSpec, item, f"recipes[{i}]"))
+        r = validated(RecipeSpec, item, f"recipes[{i}]")
         if r.kind != "scratch" and r.pretrained is None:
             raise ValueError(f"recipe {r.name!r} ({r.kind}) needs 'pretrained: <pretrain run>'")
         if r.pretrained is not None and r.pretrained not in names:
             raise ValueError(f"recipe {r.name!r}: unknown pretraining run {r.pretrained!r}")
         recipes.append(r)
     if not any(r.kind == "scratch" for r in recipes):
-        recipes.insert(0, RecipeSpec("scratch", "scratch"))
+        recipes.insert(0, RecipeSpec(name="scratch", kind="scratch"))
     if len({r.name for r in recipes}) != len(recipes):
         raise ValueError("recipe names must be unique")
     seeds = raw.get("seeds", 5)

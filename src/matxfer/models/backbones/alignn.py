@@ -33,9 +33,13 @@ per-atom and per-bond features; pooling belongs to the heads.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from annotated_types import Ge
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Int, ModuleConfig, PosFloat, PosInt, Str
 from matxfer.data.graphs import bond_cosines
 from matxfer.models.base import Backbone, feature_dim_of
 from matxfer.models.registry import register_backbone
@@ -204,7 +208,23 @@ class ALIGNNLayer(nn.Module):
         return x, y, z
 
 
-@register_backbone("alignn")
+class ALIGNNConfig(ModuleConfig):
+    """Options of the ``alignn`` backbone (see :class:`ALIGNN`)."""
+
+    width: PosInt = 256
+    n_alignn: Annotated[Int, Ge(0)] = 4
+    n_gcn: Annotated[Int, Ge(0)] = 4
+    cutoff: PosFloat = 8.0
+    num_rbf: PosInt = 80
+    num_angle_rbf: PosInt = 40
+    embedding_dim: PosInt = 64
+    norm: Literal[NORMS] = "batch"
+    num_species: PosInt = 119
+    atom_feature_dim: PosInt | None = None
+    atom_features: Str = "none"
+
+
+@register_backbone("alignn", config=ALIGNNConfig)
 class ALIGNN(Backbone):
     """Atomistic line graph neural network (see the module docstring).
 

@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
 from matxfer import keys as K
+from matxfer.config import ModuleConfig, NonNegFloat, PosFloat, PosInt, Str
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
@@ -162,7 +163,21 @@ class AttentionConv(nn.Module):
         return v + v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
 
 
-@register_backbone("cgcnn")
+class CGCNNConfig(ModuleConfig):
+    """Options of the ``cgcnn`` and ``cgcnn-attention`` backbones (see :class:`CGCNN`)."""
+
+    width: PosInt = 64
+    n_conv: PosInt = 3
+    gaussian_start: NonNegFloat = 0.0
+    gaussian_stop: PosFloat = 8.0
+    gaussian_step: PosFloat = 0.2
+    gaussian_width: PosFloat | None = None
+    num_species: PosInt = 119
+    atom_feature_dim: PosInt | None = None
+    atom_features: Str = "none"
+
+
+@register_backbone("cgcnn", config=CGCNNConfig)
 class CGCNN(Backbone):
     """Crystal graph convolutional network backbone.
 
@@ -250,7 +265,7 @@ class CGCNN(Backbone):
         return {K.NODE_FEATURES: v}
 
 
-@register_backbone("cgcnn-attention")
+@register_backbone("cgcnn-attention", config=CGCNNConfig)
 class CGCNNAttention(CGCNN):
     """CGCNN with softmax attention instead of the sigmoid gate (:class:`AttentionConv`; see
     the module docstring). Same arguments as :class:`CGCNN`."""

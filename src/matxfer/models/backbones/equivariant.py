@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from matxfer import keys as K
+from matxfer.config import Bool, Int, ModuleConfig, PosFloat, PosInt, Str, Widths
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.e3 import EdgeTensorProduct, Gate, reset_e3nn_parameters
@@ -147,7 +148,26 @@ class Interaction(nn.Module):
         return out
 
 
-@register_backbone("equivariant")
+class EquivariantConfig(ModuleConfig):
+    """Options of the ``equivariant`` backbone (see :class:`EquivariantBackbone`)."""
+
+    hidden_irreps: Str = DEFAULT_HIDDEN_IRREPS
+    n_layers: PosInt = 3
+    l_max: PosInt = 4
+    cutoff: PosFloat = 5.0
+    num_radial: PosInt = 8
+    radial_hidden: Widths = [32]
+    envelope_p: PosInt = 6
+    avg_num_neighbors: PosFloat = DEFAULT_AVG_NUM_NEIGHBORS
+    num_species: PosInt = 119
+    atom_feature_dim: PosInt | None = None
+    atom_features: Str = "none"
+    max_path_l: Int | None = DEFAULT_MAX_PATH_L
+    sh_l_nonscalar: Int | None = DEFAULT_SH_L_NONSCALAR
+    residual: Bool = True
+
+
+@register_backbone("equivariant", config=EquivariantConfig)
 class EquivariantBackbone(Backbone):
     """NequIP/MatTen-like equivariant backbone (see the module docstring).
 

@@ -69,17 +69,18 @@ Limits
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, ModuleConfig, PosFloat, PosInt, Str
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import MLP, activation
+from matxfer.nn.mlp import ACTIVATIONS, MLP, activation
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
 
@@ -394,7 +395,28 @@ class LocalFrameLayer(nn.Module):
         return h, m
 
 
-@register_backbone("local-frame")
+class LocalFrameConfig(ModuleConfig):
+    """Options of the ``local-frame`` backbone (see :class:`LocalFrameBackbone`)."""
+
+    width: PosInt = 64
+    n_layers: PosInt = 3
+    n_frames: PosInt = 5
+    frame_neighbors: PosInt = 8
+    collinear_tol: PosFloat = 0.1
+    tie_tol: PosFloat = 1e-4
+    l_max: PosInt = 3
+    num_radial: PosInt = 8
+    cutoff: PosFloat = 6.0
+    envelope_p: PosInt = 6
+    avg_neighbors: PosFloat = 64.0
+    parity_invariant: Bool = True
+    act: Literal[ACTIVATIONS] = "silu"
+    num_species: PosInt = 119
+    atom_feature_dim: PosInt | None = None
+    atom_features: Str = "none"
+
+
+@register_backbone("local-frame", config=LocalFrameConfig)
 class LocalFrameBackbone(Backbone):
     """Local-frame invariant network (see the module docstring for frames and parity).
 

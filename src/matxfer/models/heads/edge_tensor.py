@@ -43,17 +43,20 @@ equivariant ``tensor`` head).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, ModuleConfig, PosFloat, PosInt, Widths
 from matxfer.models.base import Head
 from matxfer.models.heads.scalar import scalar_channels
 from matxfer.models.registry import register_head
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import MLP
-from matxfer.nn.pooling import check_reduce, graph_index, pool
+from matxfer.nn.mlp import ACTIVATIONS, MLP
+from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
 from matxfer.nn.radial import GaussianBasis
 from matxfer.tensors import irreps_of, to_irreps
 
@@ -263,7 +266,22 @@ class _EdgeTensorBase(Head):
         return out.view(h.shape[0], *(3,) * self.rank)
 
 
-@register_head("edge-tensor")
+class EdgeTensorHeadConfig(ModuleConfig):
+    """Options of the ``edge-tensor`` head (see :class:`EdgeTensorHead`)."""
+
+    formula: Literal[tuple(_TERM_ORDERS)] = "ij=ji"  # type: ignore[valid-type]
+    hidden: Widths = [64, 64]
+    channels: PosInt = 8
+    num_rbf: PosInt = 16
+    cutoff: PosFloat = 8.0
+    edge_features: Bool | None = None
+    gate: Bool = True
+    reduce: Literal[REDUCES] = "mean"
+    avg_num_neighbors: PosFloat = 12.0
+    act: Literal[ACTIVATIONS] = "silu"
+
+
+@register_head("edge-tensor", config=EdgeTensorHeadConfig)
 class EdgeTensorHead(_EdgeTensorBase):
     """Crystal tensor head for invariant backbones (see the module docstring).
 
@@ -342,7 +360,21 @@ class EdgeTensorHead(_EdgeTensorBase):
         return to_irreps(self.cartesian(backbone_out, data), self.formula)
 
 
-@register_head("edge-atom-tensor")
+class EdgeAtomTensorHeadConfig(ModuleConfig):
+    """Options of the ``edge-atom-tensor`` head (see :class:`EdgeAtomTensorHead`)."""
+
+    formula: Literal[ATOM_FORMULAS] = "ij"
+    hidden: Widths = [64, 64]
+    channels: PosInt = 8
+    num_rbf: PosInt = 16
+    cutoff: PosFloat = 8.0
+    edge_features: Bool | None = None
+    gate: Bool = True
+    avg_num_neighbors: PosFloat = 12.0
+    act: Literal[ACTIVATIONS] = "silu"
+
+
+@register_head("edge-atom-tensor", config=EdgeAtomTensorHeadConfig)
 class EdgeAtomTensorHead(_EdgeTensorBase):
     """Per-atom rank-2 tensor head for invariant backbones (e.g. Born effective charges).
 

@@ -21,18 +21,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, ModuleConfig, PosFloat, PosInt, Str, Widths
 from matxfer.models.base import Head
 from matxfer.models.heads.scalar import scalar_channels
 from matxfer.models.registry import register_head
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import MLP
-from matxfer.nn.pooling import check_reduce, graph_index, pool
+from matxfer.nn.mlp import ACTIVATIONS, MLP
+from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
 #: label keys of the energy/force data (eV per cell, eV/Angstrom per atom)
@@ -44,7 +45,17 @@ def _select(x: Tensor, channels: Tensor | None) -> Tensor:
     return x if channels is None else x.index_select(1, channels)
 
 
-@register_head("energy")
+class EnergyHeadConfig(ModuleConfig):
+    """Options of the ``energy`` head (see :class:`EnergyHead`)."""
+
+    hidden: Widths = [64]
+    act: Literal[ACTIVATIONS] = "silu"
+    reduce: Literal[REDUCES] = "sum"
+    species_offsets: Bool = True
+    num_species: PosInt = 119
+
+
+@register_head("energy", config=EnergyHeadConfig)
 class EnergyHead(Head):
     """Sum of per-atom energies: ``E = sum_i (MLP(h_i) + e_{Z_i})`` -> ``[B]``.
 
@@ -118,7 +129,16 @@ class EnergyHead(Head):
         return pool(e, batch, num_graphs, self.reduce)
 
 
-@register_head("direct-forces")
+class DirectForceHeadConfig(ModuleConfig):
+    """Options of the ``direct-forces`` head (see :class:`DirectForceHead`)."""
+
+    hidden: Widths = [64]
+    act: Literal[ACTIVATIONS] = "silu"
+    cutoff: PosFloat = 6.0
+    num_radial: PosInt = 8
+
+
+@register_head("direct-forces", config=DirectForceHeadConfig)
 class DirectForceHead(Head):
     """Direct, strictly equivariant forces ``F_i = sum_j f_ij r̂_ij`` -> ``[n_atoms, 3]``.
 
@@ -188,7 +208,14 @@ class DirectForceHead(Head):
         return h.new_zeros((h.shape[0], 3)).index_add_(0, dst, f.unsqueeze(-1) * unit)
 
 
-@register_head("conservative-forces")
+class ConservativeForceHeadConfig(ModuleConfig):
+    """Options of the ``conservative-forces`` head (see :class:`ConservativeForceHead`)."""
+
+    energy: Str = "energy_per_atom"
+    energy_is_per_atom: Bool | None = None
+
+
+@register_head("conservative-forces", config=ConservativeForceHeadConfig)
 class ConservativeForceHead(Head):
     """Conservative forces ``F = -dE/dpos`` of the model's energy head -> ``[n_atoms, 3]``.
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from e3nn import o3
 from torch import Tensor
 
 from matxfer import keys as K
+from matxfer.config import Bool, ModuleConfig, Widths
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
-from matxfer.nn.mlp import MLP
-from matxfer.nn.pooling import check_reduce, graph_index, pool
+from matxfer.nn.mlp import ACTIVATIONS, MLP
+from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
 
 
 def scalar_channels(in_spec) -> tuple[int, list[int] | None]:
@@ -34,7 +37,16 @@ def scalar_channels(in_spec) -> tuple[int, list[int] | None]:
     return len(idx), idx
 
 
-@register_head("scalar")
+class ScalarHeadConfig(ModuleConfig):
+    """Options of the ``scalar`` head (see :class:`ScalarHead`)."""
+
+    hidden: Widths = [64]
+    act: Literal[ACTIVATIONS] = "silu"
+    input_activation: Bool = False
+    reduce: Literal[REDUCES] = "mean"
+
+
+@register_head("scalar", config=ScalarHeadConfig)
 class ScalarHead(Head):
     """Pooling (``mean`` for intensive, ``sum`` for extensive targets) + MLP -> ``[B]``.
 

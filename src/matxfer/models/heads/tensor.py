@@ -11,16 +11,19 @@ task's :class:`~matxfer.normalize.IrrepsNormalizer`, which uses the same basis.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import Bool, ModuleConfig, PosInt, Str
 from matxfer.interfaces import OutSpec
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.nn.e3 import Gate, reset_e3nn_parameters
-from matxfer.nn.pooling import check_reduce, graph_index, pool
+from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
 from matxfer.normalize import cartesian_basis, formula_rank, refresh_basis
 
 #: formulas of per-crystal tensor targets (dielectric, piezoelectric, elastic)
@@ -119,7 +122,15 @@ class _CartesianHead(Head):
         return (x @ self.Q.to(x.dtype)).reshape(*x.shape[:-1], *([3] * self.rank))
 
 
-@register_head("tensor")
+class TensorHeadConfig(ModuleConfig):
+    """Options of the ``tensor`` head (see :class:`TensorHead`)."""
+
+    formula: Literal[TENSOR_FORMULAS] = "ijkl=jikl=klij"
+    hidden_irreps: Str | None = "auto"
+    reduce: Literal[REDUCES] = "mean"
+
+
+@register_head("tensor", config=TensorHeadConfig)
 class TensorHead(_CartesianHead):
     """Per-crystal Cartesian tensor from an irreps backbone -> ``[B, irreps.dim]``.
 
@@ -164,7 +175,15 @@ class TensorHead(_CartesianHead):
         return self.map(pool(x, batch, num_graphs, self.reduce))
 
 
-@register_head("born")
+class BornHeadConfig(ModuleConfig):
+    """Options of the ``born`` head (see :class:`BornHead`)."""
+
+    formula: Literal["ij"] = "ij"
+    hidden_irreps: Str | None = "auto"
+    charge_neutral: Bool = False
+
+
+@register_head("born", config=BornHeadConfig)
 class BornHead(_CartesianHead):
     """Per-atom tensor (Born effective charges, ``Z*_i,ab``) -> ``[n_atoms, 9]``.
 
@@ -222,7 +241,17 @@ def _product_irreps(irreps: o3.Irreps, mul: int) -> o3.Irreps:
     return o3.Irreps([(mul, ir) for ir in types])
 
 
-@register_head("tensor-product")
+class ProductTensorHeadConfig(ModuleConfig):
+    """Options of the ``tensor-product`` head (see :class:`ProductTensorHead`)."""
+
+    formula: Literal[TENSOR_FORMULAS] = "ijk=ikj"
+    mul: PosInt = 8
+    product_mul: PosInt = 8
+    hidden_irreps: Str | None = "auto"
+    reduce: Literal[REDUCES] = "mean"
+
+
+@register_head("tensor-product", config=ProductTensorHeadConfig)
 class ProductTensorHead(_CartesianHead):
     """Per-crystal tensor from irreps features through per-atom tensor products.
 
