@@ -11,8 +11,13 @@ import torch
 from torch import nn
 
 from matxfer import keys as K
+from matxfer.config import ModuleConfig, PosInt
 from matxfer.models.base import Backbone, Head
 from matxfer.models.registry import BACKBONES, HEADS, register_backbone, register_head
+
+
+class MeanFieldConfig(ModuleConfig):
+    width: PosInt = 16
 
 
 class MeanField(Backbone):
@@ -31,6 +36,10 @@ class MeanField(Backbone):
 
     def layer_groups(self):
         return ["embedding", "mix"]
+
+
+class MaxPoolHeadConfig(ModuleConfig):
+    hidden: PosInt = 16
 
 
 class MaxPoolHead(Head):
@@ -75,8 +84,8 @@ def toy_plugins(tmp_path, monkeypatch):
     rows.append({"id": "toy-bad", "structure": {"not": "a structure"}, "gap": 1.0})
     (tmp_path / "data" / "my_gaps").mkdir(parents=True)
     (tmp_path / "data" / "my_gaps" / "gaps.json").write_text(json.dumps(rows))
-    register_backbone("mean-field")(MeanField)
-    register_head("max-pool")(MaxPoolHead)
+    register_backbone("mean-field", config=MeanFieldConfig)(MeanField)
+    register_head("max-pool", config=MaxPoolHeadConfig)(MaxPoolHead)
     register(DatasetSpec(name="my-gaps", files=("my_gaps/gaps.json",),
                          targets={K.BAND_GAP: "eV"}, parser=_parse, frame="no tensors",
                          citation="toy", source="generated in the test", description="toy gaps"))
@@ -114,3 +123,12 @@ def test_the_extending_page_toy_plugins_train_and_predict(toy_plugins):
     nacl = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     out = Predictor.from_checkpoint(res.checkpoint).predict_structures([nacl])[0]
     assert np.isfinite(out["band_gap"])
+
+
+def test_the_toy_backbone_options_are_checked_by_its_config_class(toy_plugins):
+    from matxfer.models.registry import build_backbone
+
+    with pytest.raises(ValueError, match=r"model.backbone.width: expected an integer \(>= 1\), got 'abc'"):
+        build_backbone({"name": "mean-field", "width": "abc"}, "model.backbone")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['depth'\] in backbone 'mean-field'"):
+        build_backbone({"name": "mean-field", "depth": 2})
