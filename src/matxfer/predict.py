@@ -110,6 +110,13 @@ def read_structures(path: Path) -> list[tuple[str, Structure]]:
         frames = read(str(path), index=":")
         if not frames:
             raise ValueError("no frames in the file")
+        for i, a in enumerate(frames):
+            if abs(float(a.cell.volume)) < 1e-6:  # a molecule: no Lattice in the comment line
+                where = f"frame {i}" if len(frames) > 1 else "the frame"
+                raise RecordError(
+                    str(path), f"{where} has no periodic cell (no Lattice=\"...\" or a "
+                    "zero-volume one); give the crystal's lattice vectors"
+                )
         if len(frames) == 1:
             return [(path.stem, AseAtomsAdaptor.get_structure(frames[0]))]  # type: ignore[arg-type]
         return [

@@ -2,9 +2,10 @@
 
 :func:`write_fuzz_inputs` writes one folder::
 
-    structures/   good CIF / POSCAR / pymatgen-JSON crystals and bad ones (malformed, empty,
-                  binary, truncated, disordered, overlapping atoms, a lone atom, unknown
-                  elements, non-finite coordinates, a 2,000-atom cell)
+    structures/   good CIF / POSCAR / pymatgen-JSON / extended-XYZ crystals and bad ones
+                  (malformed, empty, binary, truncated, disordered, overlapping atoms, a lone
+                  atom, unknown elements, non-finite coordinates, a molecule without a cell,
+                  a 2,000-atom cell)
     data/         a data directory holding a user dataset in the layout of a registered one
                   (``petousis-dielectric-2017``: ``matminer_figshare/dielectric_constant.json.gz``,
                   pandas ``orient="split"`` JSON) with good rows and rows whose labels are NaN,
@@ -49,6 +50,7 @@ STRUCTURE_CASES: dict[str, tuple[str, ...] | None] = {
     "good_zno.json": None,
     "POSCAR_good_batio3": None,
     "big_2000_atoms.cif": None,
+    "good_cu.extxyz": None,
     "lone_atom.cif": None,  # predicted, with a warning and isolated_atoms = 1
     "malformed.cif": ("malformed.cif", "built no structure", "not a cif at all", "'five'"),
     "empty.cif": ("empty.cif", "empty (0 bytes)"),
@@ -67,6 +69,8 @@ STRUCTURE_CASES: dict[str, tuple[str, ...] | None] = {
     "unknown_element.vasp": ("unknown_element.vasp", "unknown element 'Xx'"),
     "unknown_element.json": ("unknown_element.json", "'Xx' is not a valid Element"),
     "nan_coords.vasp": ("nan_coords.vasp", "non-finite atomic coordinates"),
+    "molecule.xyz": ("molecule.xyz", "no periodic cell"),
+    "truncated.extxyz": ("truncated.extxyz", "could not read structure"),
 }
 
 #: dataset entry id -> None (loads and passes validation) or words of its reason
@@ -230,6 +234,18 @@ def write_structures(folder: Path) -> Path:
     poscar = nacl().to(fmt="poscar").splitlines()
     poscar[-1] = "nan nan nan Cl"
     (folder / "nan_coords.vasp").write_text("\n".join(poscar) + "\n")
+
+    from ase.build import bulk, molecule
+    from ase.io import write
+
+    write(folder / "good_cu.extxyz", bulk("Cu", "fcc", 3.61, cubic=True), format="extxyz")
+    write(folder / "molecule.xyz", molecule("H2O"), format="extxyz")  # no Lattice: no cell
+    frames = folder / "two_frames.tmp"
+    write(frames, [bulk("Cu", "fcc", 3.61, cubic=True), bulk("Al", "fcc", 4.05, cubic=True)],
+          format="extxyz")
+    text = frames.read_text()
+    frames.unlink()
+    (folder / "truncated.extxyz").write_text(text[: len(text) // 2 + 10])
     return folder
 
 
