@@ -91,8 +91,13 @@ def check_record(
         sga = SpacegroupAnalyzer(record.structure, symprec=settings.symprec)
         crystal_system = sga.get_crystal_system()
         if tensor_labels:
-            ops = sga.get_symmetry_operations(cartesian=True)
-            rotations = np.array([op.rotation_matrix for op in ops])
+            # the distinct rotations of spglib's operations, in Cartesian form (a supercell
+            # repeats each once per lattice translation, and pymatgen's SymmOp list of a
+            # 2,000-atom cell took 20 s to build)
+            w = np.asarray(sga.get_symmetry_dataset().rotations)
+            _, first = np.unique(w.reshape(len(w), -1), axis=0, return_index=True)
+            m = record.structure.lattice.matrix.T
+            rotations = np.array([m @ r @ np.linalg.inv(m) for r in w[np.sort(first)]])
     except Exception as exc:  # symmetry analysis failing is itself a finding
         reasons.append(f"symmetry analysis failed: {exc}")
 
