@@ -17,7 +17,7 @@ import torch
 
 from matxfer import keys as K
 from matxfer.keys import label_key, mask_key
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, TENSOR, Task
+from matxfer.tasks import TENSOR, Task
 
 
 def load_predictor(path_or_ckpt: str | Path | dict) -> tuple[Any, dict[str, Task], Any, Any, dict]:
@@ -135,7 +135,8 @@ def evaluate_graphs(
         train_means: per tensor task, the mean training label; the metrics of the zero and
             training-mean predictors on the same crystals are added under ``baselines``.
     """
-    from matxfer.metrics import baseline_metrics, force_metrics, scalar_metrics, tensor_metrics
+    from matxfer.kinds import kind_of
+    from matxfer.metrics import baseline_metrics
 
     preds = predict_graphs(model, graphs, batch_size)
     tensor_formulas = {n: t.formula for n, t in tasks.items() if t.kind == TENSOR}
@@ -147,31 +148,20 @@ def evaluate_graphs(
     metrics: dict[str, dict] = {}
     pairs: dict[str, dict] = {}
     for name, task in tasks.items():
+        kind = kind_of(task.kind)
         p, t, ids, idx = [], [], [], []
         for i, (g, pr) in enumerate(zip(graphs, preds)):
             mask = g[mask_key(name)]
             if not bool(mask.any()):
                 continue
-            y = g[label_key(name)].double().numpy()
-            if task.kind in (ATOM_TENSOR, FORCES):
-                p.append(pr[name])
-                t.append(y)
-            else:
-                p.append(np.asarray(pr[name]).reshape(y.shape[1:]) if y.ndim > 1 else float(np.ravel(pr[name])[0]))
-                t.append(y[0] if y.ndim > 1 else float(y[0]))
+            pi, ti = kind.scored(pr[name], g[label_key(name)].double().numpy())
+            p.append(pi)
+            t.append(ti)
             ids.append(g.material_id)
             idx.append(i)
-        if task.kind == SCALAR:
-            metrics[name] = scalar_metrics(np.array(p), np.array(t))
-        elif task.kind == FORCES:
-            pa = np.concatenate(p) if p else np.zeros((0, 3))
-            ta = np.concatenate(t) if t else np.zeros((0, 3))
-            metrics[name] = {**force_metrics(pa, ta), "n_structures": len(p)}
-        elif task.kind == ATOM_TENSOR:
-            pa = np.concatenate(p) if p else np.zeros((0, 3, 3))
-            ta = np.concatenate(t) if t else np.zeros((0, 3, 3))
-            metrics[name] = {**tensor_metrics(pa, ta, "ij"), "n_structures": len(p)}
-        else:
+        if task.kind != TENSOR:
+            metrics[name] = kind.metrics(p, t, task.formula)
+        else:  # crystal tensors: scored after symmetry projection, against baselines
             centro = forbidden = None
             if groups is not None and idx:
                 from matxfer.symmetry import forbidden_mask
@@ -179,7 +169,8 @@ def evaluate_graphs(
                 centro = np.array([groups[i].centrosymmetric for i in idx])
                 forbidden = np.stack([forbidden_mask(groups[i].rotations, task.formula) for i in idx])
             ta = np.array(t)
-            metrics[name] = tensor_metrics(np.array(p), ta, task.formula, centro, forbidden)
+            metrics[name] = kind.metrics(p, t, task.formula, centrosymmetric=centro,
+                                         forbidden=forbidden)
             if symprec is not None:
                 metrics[name]["symprec"] = float(symprec)
             if train_means is not None and name in train_means and len(ta):

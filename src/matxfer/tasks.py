@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from matxfer.data.records import TARGET_FORMULAS, TARGET_SHAPES, TARGET_UNITS
+from matxfer.kinds import kind_of
 
-SCALAR = "scalar"
-TENSOR = "tensor"
-ATOM_TENSOR = "atom_tensor"
-FORCES = "forces"  # one Cartesian vector per atom
+# the kind names, defined with the target table (imported from here by most modules)
+from matxfer.targets import ATOM_TENSOR as ATOM_TENSOR
+from matxfer.targets import FORCES as FORCES
+from matxfer.targets import SCALAR as SCALAR
+from matxfer.targets import TENSOR, target_spec
+
 LOSSES = ("mse", "l1", "huber")
 WEIGHTINGS = ("none", "relative")
 PARAMETERIZATIONS = ("linear", "log_isotropic")
@@ -81,7 +83,8 @@ class Task:
 
     @property
     def rank(self) -> int:
-        return 0 if self.formula is None else len(self.formula.split("=")[0])
+        """Rank of one label (forces: 1; per-atom tensors: of each atom's tensor)."""
+        return kind_of(self.kind).rank(self.formula)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +102,7 @@ def default_loss(kind: str) -> str:
     (711 training tensors, same model and budget), ``l1`` gave a test ``mae_voigt`` of 5.0
     against 6.0 for ``mse``.
     """
-    return "mse" if kind in (SCALAR, FORCES) else "l1"
+    return kind_of(kind).default_loss
 
 
 def make_task(
@@ -109,33 +112,17 @@ def make_task(
     units: str | None = None,
     **options,
 ) -> Task:
-    """The task for a label key, with kind/formula/units from the label tables.
+    """The task for a label key, with kind/formula/units from :data:`matxfer.targets.TARGETS`.
 
     ``loss=None`` takes :func:`default_loss` of the task's kind; ``options`` are the other
     :class:`Task` fields (``weighting``, ``relative_floor``, ``sign_agnostic``,
     ``parameterization``).
     """
-    formula = TARGET_FORMULAS.get(target)
-    if TARGET_SHAPES.get(target) == (-1, 3):
-        kind = FORCES
-    elif formula is None:
-        kind = SCALAR
-    elif TARGET_SHAPES.get(target, (0,))[0] == -1:
-        kind = ATOM_TENSOR
-    else:
-        kind = TENSOR
-    loss = loss or default_loss(kind)
-    return Task(target, kind, formula, units or TARGET_UNITS.get(target, ""), weight, loss, **options)
+    spec = target_spec(target)
+    loss = loss or default_loss(spec.kind)
+    return Task(target, spec.kind, spec.formula, units or spec.units, weight, loss, **options)
 
 
 def default_head(task: Task, backbone_is_equivariant: bool) -> dict:
-    """Head config for a task when the run config names none."""
-    if task.kind == SCALAR:
-        return {"name": "scalar"}
-    if task.kind == FORCES:
-        return {"name": "direct-forces"}
-    if task.kind == ATOM_TENSOR:
-        return {"name": "born"} if backbone_is_equivariant else {"name": "edge-atom-tensor"}
-    if backbone_is_equivariant:
-        return {"name": "tensor", "formula": task.formula}
-    return {"name": "edge-tensor", "formula": task.formula}
+    """Head config for a task when the run config names none (see :mod:`matxfer.kinds`)."""
+    return kind_of(task.kind).default_head(task.formula, backbone_is_equivariant)

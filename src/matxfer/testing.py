@@ -61,7 +61,8 @@ from pymatgen.core import Lattice, Structure
 from torch import Tensor
 
 from matxfer import keys as K
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR
+from matxfer.kinds import kind_of
+from matxfer.tasks import FORCES, SCALAR
 
 #: names of the checks, in the order they run
 CHECKS: tuple[str, ...] = ("rotation", "improper", "translation", "permutation", "supercell")
@@ -243,15 +244,10 @@ def output_kinds(model) -> dict[str, OutputKind]:
         formula = _task_field(task, "formula")
         parity = int(getattr(head, "output_parity", 1))
         per_atom = bool(getattr(head, "per_atom", False))
-        if kind == SCALAR:
-            rank = 0
-        elif kind == FORCES:
-            rank = 1
-        elif formula:
-            rank = len(str(formula).split("=")[0])
-        else:
+        if kind not in (SCALAR, FORCES) and not formula:
             raise ValueError(f"task {name!r} of kind {kind!r} has no formula")
-        if kind in (FORCES, ATOM_TENSOR) and not per_atom:
+        rank = kind_of(kind).rank(formula)
+        if kind_of(kind).per_atom and not per_atom:
             raise ValueError(f"task {name!r} is per atom ({kind!r}) but its head pools")
         extensive = bool(getattr(head, "extensive", False)) and not per_atom
         out[name] = OutputKind(rank=rank, per_atom=per_atom, extensive=extensive, parity=parity)

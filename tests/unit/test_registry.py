@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from matxfer import keys as K
-from matxfer.data.records import TARGET_SHAPES
 from matxfer.data.registry import REGISTRY, DataMissingError, get_spec, load_dataset
+from matxfer.targets import TARGET_SHAPES
 
 REQUIRED = [
     "mp-elastic-2024",

@@ -25,7 +25,7 @@ gives a byte-identical file.
 
 :func:`parse_emt` turns the file into matxfer records with labels ``energy`` (eV per cell)
 and ``energy_per_atom``; forces ``[n_atoms, 3]`` are a label when
-``records.TARGET_SHAPES`` knows ``"forces"`` and otherwise travel in ``record.meta["forces"]``
+``targets.TARGET_SHAPES`` knows ``"forces"`` and otherwise travel in ``record.meta["forces"]``
 (:func:`record_forces` reads either). The registry holds the dataset as ``emt-metals``;
 when its file is not in the data directory it is generated on first use (300
 configurations, seed 0, a few seconds) into matxfer's cache directory.
@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from matxfer.data.records import TARGET_SHAPES, CrystalRecord, RecordError, make_record
+from matxfer.data.records import CrystalRecord, RecordError, make_record
+from matxfer.targets import TARGET_SHAPES
 
 log = logging.getLogger(__name__)
 

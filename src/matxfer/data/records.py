@@ -17,51 +17,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 from matxfer import keys as K
-
-#: expected shape of each known label (``None`` = per atom, first axis n_atoms)
-TARGET_SHAPES: dict[str, tuple[int, ...]] = {
-    K.ELASTIC_TENSOR: (3, 3, 3, 3),
-    K.DIELECTRIC_TOTAL: (3, 3),
-    K.DIELECTRIC_ELECTRONIC: (3, 3),
-    K.DIELECTRIC_IONIC: (3, 3),
-    K.PIEZO_TENSOR: (3, 3, 3),
-    K.BORN_CHARGES: (-1, 3, 3),
-    K.FORCES: (-1, 3),
-}
-
-#: index-symmetry formula of each tensor label (e3nn ``CartesianTensor`` notation)
-TARGET_FORMULAS: dict[str, str] = {
-    K.ELASTIC_TENSOR: "ijkl=jikl=klij",
-    K.DIELECTRIC_TOTAL: "ij=ji",
-    K.DIELECTRIC_ELECTRONIC: "ij=ji",
-    K.DIELECTRIC_IONIC: "ij=ji",
-    K.PIEZO_TENSOR: "ijk=ikj",
-    K.BORN_CHARGES: "ij",
-}
-
-#: units of each known label
-TARGET_UNITS: dict[str, str] = {
-    K.ELASTIC_TENSOR: "GPa",
-    K.DIELECTRIC_TOTAL: "dimensionless",
-    K.DIELECTRIC_ELECTRONIC: "dimensionless",
-    K.DIELECTRIC_IONIC: "dimensionless",
-    K.PIEZO_TENSOR: "C/m^2",
-    K.BORN_CHARGES: "e",
-    K.BULK_MODULUS_VRH: "GPa",
-    K.SHEAR_MODULUS_VRH: "GPa",
-    "log10_bulk_modulus_vrh": "log10(GPa)",
-    "log10_shear_modulus_vrh": "log10(GPa)",
-    K.FORMATION_ENERGY_PER_ATOM: "eV/atom",
-    "formation_energy": "eV/cell",
-    "e_above_hull": "eV/atom",
-    K.BAND_GAP: "eV",
-    K.EIJ_MAX: "C/m^2",
-    K.REFRACTIVE_INDEX: "dimensionless",
-    "last_phdos_peak": "cm^-1",
-    K.ENERGY: "eV",
-    K.ENERGY_PER_ATOM: "eV/atom",
-    K.FORCES: "eV/Angstrom",
-}
+from matxfer.targets import TARGET_FORMULAS, TARGET_SHAPES, TARGET_UNITS
 
 #: tolerance (relative to the largest component) for "symmetric where it must be". DFPT
 #: output carries small numerical asymmetries (up to ~1 % in the Petousis set); those are

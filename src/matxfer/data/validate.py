@@ -24,9 +24,10 @@ import numpy as np
 
 from matxfer import keys as K
 from matxfer.cache_io import write_text_atomic
-from matxfer.data.records import TARGET_FORMULAS, CrystalRecord, LabelRule, label_problems, rule_for
+from matxfer.data.records import CrystalRecord, LabelRule, label_problems, rule_for
 from matxfer.data.registry import LoadedDataset
 from matxfer.paths import cache_dir
+from matxfer.targets import TARGET_FORMULAS
 
 log = logging.getLogger(__name__)
 

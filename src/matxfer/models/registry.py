@@ -265,25 +265,17 @@ def _task_field(task, field: str, default=None):
 
 
 def build_normalizer(task) -> nn.Module:
-    """Build the normaliser of a task: scalar, vector (``forces``) or irreps (tensor kinds)."""
-    from matxfer.normalize import (
-        IrrepsNormalizer,
-        LogIsotropicNormalizer,
-        ScalarNormalizer,
-        VectorNormalizer,
-    )
+    """The normaliser of a task, from its kind (:mod:`matxfer.kinds`): scalar, vector
+    (``forces``) or irreps (tensor kinds; log-moduli for ``log_isotropic``)."""
+    from matxfer.kinds import kind_of
 
     kind = _task_field(task, "kind", "scalar")
-    if kind == "scalar":
-        return ScalarNormalizer()
-    if kind == "forces":
-        return VectorNormalizer()
-    formula = _task_field(task, "formula")
-    if not formula:
-        raise ValueError(f"task {_task_field(task, 'name')!r} of kind {kind!r} has no formula")
-    if _task_field(task, "parameterization", "linear") == "log_isotropic":
-        return LogIsotropicNormalizer(formula)
-    return IrrepsNormalizer(formula)
+    try:
+        return kind_of(kind).normalizer(
+            _task_field(task, "formula"), _task_field(task, "parameterization", "linear")
+        )
+    except ValueError as exc:
+        raise ValueError(f"task {_task_field(task, 'name')!r}: {exc}") from None
 
 
 def _head_for_task(task_name: str, cfg: dict, task) -> dict:

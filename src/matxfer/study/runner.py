@@ -31,28 +31,9 @@ from matxfer.config import apply_overrides, config_from_dict
 from matxfer.data.splits import Split, split_ids, subsample
 from matxfer.metrics import flatten_metrics
 from matxfer.study.config import RecipeSpec, StudyConfig, TargetSpec
+from matxfer.targets import target_spec
 
 log = logging.getLogger(__name__)
-
-#: label keys that describe the same physical property (leakage is checked per family)
-PROPERTY_FAMILIES: dict[str, str] = {
-    "elastic_tensor": "elastic",
-    "bulk_modulus_vrh": "elastic",
-    "shear_modulus_vrh": "elastic",
-    "log10_bulk_modulus_vrh": "elastic",
-    "log10_shear_modulus_vrh": "elastic",
-    "poisson_ratio": "elastic",
-    "dielectric_total": "dielectric",
-    "dielectric_electronic": "dielectric",
-    "dielectric_ionic": "dielectric",
-    "refractive_index": "dielectric",
-    "born_charges": "dielectric",
-    "piezo_tensor": "piezo",
-    "eij_max": "piezo",
-    "formation_energy_per_atom": "formation_energy",
-    "formation_energy": "formation_energy",
-}
-
 
 class LeakageError(ValueError):
     """A target's test materials appear in the labels a pretraining run learned."""
@@ -139,7 +120,8 @@ class StudyLock:
 
 
 def family(label: str) -> str:
-    return PROPERTY_FAMILIES.get(label, label)
+    """The physical property a label describes (leakage is checked per family)."""
+    return target_spec(label).family
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -101,6 +101,7 @@ def evaluate_checkpoint(
     from matxfer.config import DataConfig
     from matxfer.data.splits import Split
     from matxfer.inference import evaluate_graphs, load_predictor
+    from matxfer.tasks import TENSOR
     from matxfer.train.data import prepare_data
 
     model, tasks, settings, feat, ckpt = load_predictor(ckpt_path)
@@ -138,7 +139,7 @@ def evaluate_checkpoint(
     means = (ckpt.get("provenance") or {}).get("train_label_means") or {}
     train_means = {k: np.asarray(v, dtype=float) for k, v in means.items()}
     for name, task in usable.items():  # checkpoints without stored means: the zero baseline
-        if task.kind == "tensor":
+        if task.kind == TENSOR:
             train_means.setdefault(name, None)
     metrics, _ = evaluate_graphs(
         model, usable, data.subset(ids), symprec=symprec, train_means=train_means

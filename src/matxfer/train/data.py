@@ -18,11 +18,13 @@ import torch
 
 from matxfer.config import DataConfig
 from matxfer.data.graphs import CrystalGraph, GraphSettings
-from matxfer.data.records import TARGET_FORMULAS, CrystalRecord
+from matxfer.data.records import CrystalRecord
 from matxfer.data.registry import load_dataset
 from matxfer.data.splits import Split, split_ids, subsample
 from matxfer.keys import label_key, mask_key
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task
+from matxfer.kinds import kind_of
+from matxfer.targets import TARGET_FORMULAS
+from matxfer.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -119,26 +121,7 @@ def attach_labels(
     dtype = torch.get_default_dtype()
     n = int(g.num_nodes)
     for name, task in tasks.items():
-        present = name in record.labels
-        if task.kind == SCALAR:
-            val = torch.tensor([float(record.labels[name]) if present else 0.0], dtype=dtype)
-            mask = torch.tensor([present])
-        elif task.kind in (ATOM_TENSOR, FORCES):
-            shape = (n, 3, 3) if task.kind == ATOM_TENSOR else (n, 3)
-            val = (
-                torch.as_tensor(np.asarray(record.labels[name]), dtype=dtype)
-                if present
-                else torch.zeros(shape, dtype=dtype)
-            )
-            mask = torch.full((n,), present)
-        else:
-            shape = (1,) + (3,) * task.rank
-            val = (
-                torch.as_tensor(np.asarray(record.labels[name]), dtype=dtype).reshape(shape)
-                if present
-                else torch.zeros(shape, dtype=dtype)
-            )
-            mask = torch.tensor([present])
+        val, mask = kind_of(task.kind).graph_label(record.labels.get(name), n, task.formula, dtype)
         g[label_key(name)] = val
         g[mask_key(name)] = mask
     return g

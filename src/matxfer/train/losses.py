@@ -12,7 +12,8 @@ import functools
 import torch
 
 from matxfer.keys import label_key, mask_key
-from matxfer.tasks import FORCES, SCALAR, Task
+from matxfer.kinds import kind_of
+from matxfer.tasks import FORCES, Task
 
 
 def _elementwise(loss: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -67,10 +68,7 @@ def entry_loss(task: Task, pred: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 def normalized_target(model, task: Task, y: torch.Tensor) -> torch.Tensor:
     """Label in the normalised space the head predicts in (irreps for tensors)."""
-    norm = model.normalizers[task.name]
-    if task.kind in (SCALAR, FORCES):
-        return norm.normalize(y)
-    return norm.normalize(norm.from_cartesian(y))
+    return kind_of(task.kind).normalized(model.normalizers[task.name], y)
 
 
 def task_losses(model, tasks: dict[str, Task], out: dict, batch) -> dict[str, torch.Tensor]:

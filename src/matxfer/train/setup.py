@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from matxfer.config import RunConfig
 from matxfer.data.graphs import GraphSettings
-from matxfer.tasks import ATOM_TENSOR, FORCES, SCALAR, Task, default_head
+from matxfer.kinds import kind_of
+from matxfer.tasks import Task, default_head
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +225,4 @@ def fit_normalizers(model, tasks: dict[str, Task], records, keep: list[str] | tu
         if not vals:
             raise ValueError(f"no training labels for task {name!r}")
         norm = model.normalizers[name]
-        if task.kind == SCALAR:
-            norm.fit(torch.tensor(np.asarray(vals, dtype=float), dtype=torch.get_default_dtype()))
-        elif task.kind in (ATOM_TENSOR, FORCES):
-            arr = np.concatenate([np.asarray(v, dtype=float) for v in vals])
-            norm.fit(torch.tensor(arr, dtype=torch.get_default_dtype()))
-        else:
-            norm.fit(torch.tensor(np.stack(vals), dtype=torch.get_default_dtype()))
+        norm.fit(kind_of(task.kind).fit_values(vals, torch.get_default_dtype()))

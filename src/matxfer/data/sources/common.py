@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from matxfer import keys as K
-from matxfer.data.records import TARGET_UNITS, LabelRule, RecordError
+from matxfer.data.records import LabelRule, RecordError
+from matxfer.targets import TARGET_UNITS
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
