@@ -288,7 +288,10 @@ def phase_store_epoch(store: Path, workers: int) -> dict:
                 "loadavg_start": load0, "loadavg_end": os.getloadavg()})
     mem.stop()
     if workers == 0:
-        out["cgcnn_forward_ms_per_batch"] = _forward_ms(ds)
+        try:
+            out["cgcnn_forward_ms_per_batch"] = _forward_ms(ds)
+        except Exception as exc:  # noqa: BLE001 - the timing is a side note, not the benchmark
+            out["cgcnn_forward_error"] = f"{type(exc).__name__}: {exc}"
     return out
 
 

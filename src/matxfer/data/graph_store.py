@@ -34,7 +34,10 @@ Layout of a store folder (``data.mdb`` and ``lock.mdb``, LMDB's own files), name
 Writing (:func:`build_store`) goes in chunks of ``chunk_size`` graphs, one write
 transaction per chunk: a killed build leaves the store as it was after its last complete
 chunk, and the next build skips every id already written with the same structure digest
-(an id whose structure changed is built again and replaced).
+(an id whose structure changed is built again and replaced). A build that finds every
+graph already there writes nothing. Readers open the store without LMDB's lock file, so do
+not write to a store while another process reads it (a training run builds what it lacks
+before its loaders start).
 
 Labels of a training run: :class:`GraphStoreDataset` attaches ``y_<task>`` / ``m_<task>``
 with :func:`matxfer.train.data.attach_labels`, from the labels it is given (a run passes its
@@ -459,8 +462,13 @@ class GraphStore:
             return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
 
     def ids(self) -> list[str]:
-        """Ids of the stored graphs (LMDB key order)."""
-        return self._keys("graphs")
+        """Ids of the stored graphs (LMDB key order).
+
+        Read from the small ``digests`` and ``failures`` databases: walking the keys of
+        ``graphs`` would map in its leaf pages, which hold most of the graphs themselves.
+        """
+        failed = set(self._keys("failures"))
+        return [k for k in self._keys("digests") if k not in failed]
 
     def digests(self) -> dict[str, str]:
         env, dbs = self._env()
