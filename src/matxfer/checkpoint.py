@@ -132,12 +132,10 @@ def build_checkpoint(
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-    return path
+    """Write a checkpoint through a unique temporary file and a rename (never half written)."""
+    from matxfer.cache_io import save_torch
+
+    return save_torch(Path(path), ckpt)
 
 
 class CheckpointError(ValueError):

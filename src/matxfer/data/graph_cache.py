@@ -215,12 +215,6 @@ def _load(path: Path) -> dict | None:
     return blob
 
 
-def save_atomic(path: Path, blob) -> None:
-    """``torch.save`` through a unique temporary file and a rename: readers (and parallel
-    writers) never see a partial file."""
-    save_torch(path, blob)
-
-
 def _build(records, settings, featurizer, progress: bool):
     from matxfer.progress import progress_bar
 
@@ -314,7 +308,7 @@ def build_graphs(
             "failures": [why for _, why in failures],
         }
         try:
-            save_atomic(path, blob)
+            save_torch(path, blob)  # unique temporary file + rename: never seen half written
             log.info("cached %d graphs at %s", len(graphs), path)
         except OSError as exc:
             log.warning("could not write graph cache %s: %s", path, exc)

@@ -37,13 +37,11 @@ def load_index(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
 
 
 def write_index(models: dict[str, dict[str, Any]], folder: str | Path | None = None) -> Path:
+    from matxfer.cache_io import write_text_atomic
+
     path = Path(folder or shipped_dir()) / INDEX
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": INDEX_FORMAT, "models": dict(sorted(models.items()))}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(blob, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(blob, indent=1, sort_keys=False) + "\n")
 
 
 def names() -> list[str]:
