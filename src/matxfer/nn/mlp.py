@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -26,8 +27,10 @@ _ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
 }
 
-#: names accepted by :func:`activation`
-ACTIVATIONS = tuple(sorted(_ACTIVATIONS))
+#: names accepted by :func:`activation` (as a type for option schemas, and as a tuple)
+Activation = Literal["gelu", "relu", "sigmoid", "silu", "softplus", "ssp", "tanh"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+assert set(ACTIVATIONS) == set(_ACTIVATIONS)
 
 
 def activation(name: str) -> nn.Module:

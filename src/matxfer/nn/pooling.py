@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
 from matxfer import keys as K
 
 #: accepted ``reduce`` values
-REDUCES = ("mean", "sum")
+Reduce = Literal["mean", "sum"]
+REDUCES: tuple[str, ...] = get_args(Reduce)
 
 
 def check_reduce(reduce: str) -> str:

@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from e3nn import o3
@@ -94,7 +94,8 @@ MODELS = {
     "7net-l3i5": "SevenNet-l3i5: 5 blocks, lmax 3, cutoff 5 A",
 }
 
-PARITY_MODES = ("natural", "project", "split")
+ParityMode = Literal["natural", "project", "split"]
+PARITY_MODES: tuple[str, ...] = get_args(ParityMode)
 
 #: module names of one interaction block in a SevenNet model, in order (prefixed "<t>_")
 _BLOCK_PARTS = (
@@ -217,7 +218,7 @@ class SevenNetConfig(ModuleConfig):
     model: Str = "7net-0"
     pretrained: Bool = True
     layers: Str | list[Int] = "all"
-    parity: Literal[PARITY_MODES] = "natural"
+    parity: ParityMode = "natural"
     readout: Bool = False
     initialized_from: Str | None = None
 

@@ -201,8 +201,8 @@ def task_balanced_sampler(graphs, tasks: dict[str, Task], generator):
     for g in graphs:
         present = [counts[t] for t in tasks if bool(g[mask_key(t)].any())]
         weights.append(1.0 / min(present) if present else 0.0)
-    return WeightedRandomSampler(torch.tensor(weights, dtype=torch.double), num_samples=len(graphs),
-                                 replacement=True, generator=generator)
+    return WeightedRandomSampler(weights, num_samples=len(graphs), replacement=True,
+                                 generator=generator)
 
 
 class MatxferCheckpointIO(CheckpointIO):

@@ -25,13 +25,14 @@ which starts afresh.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -281,7 +282,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
             provenance["parent"] = str(cfg.transfer.init_from)
             from matxfer.shipped import resolve
 
-            provenance["parent_sha256"] = file_sha256(resolve(cfg.transfer.init_from))
+            provenance["parent_sha256"] = file_sha256(resolve(str(cfg.transfer.init_from)))
         provenance.update(_data_provenance(cfg, command, data, train_means))
         log.info(
             "%s: %d train / %d val / %d test; dropped %s",
@@ -355,7 +356,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
                      cfg.optim.budget_min, plan["epoch_s"], plan["epochs"])
         max_time = None
         if cfg.optim.max_time_min:
-            max_time = {"minutes": float(cfg.optim.max_time_min)}
+            max_time = datetime.timedelta(minutes=float(cfg.optim.max_time_min))
         trainer = L.Trainer(
             max_epochs=cfg.optim.epochs,
             max_time=max_time,
@@ -363,7 +364,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
             devices=cfg.trainer.devices,
             num_nodes=cfg.trainer.num_nodes,
             strategy=cfg.trainer.strategy,
-            precision=cfg.trainer.precision,
+            precision=cast(Any, cfg.trainer.precision),  # checked by Lightning
             deterministic=cfg.trainer.deterministic,
             gradient_clip_val=cfg.optim.grad_clip or None,
             callbacks=callbacks,

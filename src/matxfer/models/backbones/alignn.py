@@ -33,7 +33,7 @@ per-atom and per-bond features; pooling belongs to the heads.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from annotated_types import Ge
 from torch import Tensor, nn
@@ -47,7 +47,8 @@ from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.radial import GaussianBasis
 
 #: accepted ``norm`` values
-NORMS = ("batch", "layer", "none")
+Norm = Literal["batch", "layer", "none"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -218,7 +219,7 @@ class ALIGNNConfig(ModuleConfig):
     num_rbf: PosInt = 80
     num_angle_rbf: PosInt = 40
     embedding_dim: PosInt = 64
-    norm: Literal[NORMS] = "batch"
+    norm: Norm = "batch"
     num_species: PosInt = 119
     atom_feature_dim: PosInt | None = None
     atom_features: Str = "none"

@@ -69,7 +69,7 @@ Limits
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from e3nn import o3
@@ -80,7 +80,7 @@ from matxfer.config import Bool, ModuleConfig, PosFloat, PosInt, Str
 from matxfer.models.base import Backbone, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import ACTIVATIONS, MLP, activation
+from matxfer.nn.mlp import MLP, Activation, activation
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
 
@@ -410,7 +410,7 @@ class LocalFrameConfig(ModuleConfig):
     envelope_p: PosInt = 6
     avg_neighbors: PosFloat = 64.0
     parity_invariant: Bool = True
-    act: Literal[ACTIVATIONS] = "silu"
+    act: Activation = "silu"
     num_species: PosInt = 119
     atom_feature_dim: PosInt | None = None
     atom_features: Str = "none"

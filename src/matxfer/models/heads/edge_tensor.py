@@ -43,7 +43,7 @@ equivariant ``tensor`` head).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from e3nn import o3
@@ -55,8 +55,8 @@ from matxfer.models.base import Head
 from matxfer.models.heads.scalar import scalar_channels
 from matxfer.models.registry import register_head
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import ACTIVATIONS, MLP
-from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
+from matxfer.nn.mlp import MLP, Activation
+from matxfer.nn.pooling import Reduce, check_reduce, graph_index, pool
 from matxfer.nn.radial import GaussianBasis
 from matxfer.tensors import irreps_of, to_irreps
 
@@ -69,7 +69,8 @@ _TERM_ORDERS: dict[str, tuple[int, ...]] = {
 }
 
 #: formulas the per-atom head accepts
-ATOM_FORMULAS = ("ij", "ij=ji")
+AtomFormula = Literal["ij", "ij=ji"]
+ATOM_FORMULAS: tuple[str, ...] = get_args(AtomFormula)
 
 
 def _rank(formula: str) -> int:
@@ -269,16 +270,16 @@ class _EdgeTensorBase(Head):
 class EdgeTensorHeadConfig(ModuleConfig):
     """Options of the ``edge-tensor`` head (see :class:`EdgeTensorHead`)."""
 
-    formula: Literal[tuple(_TERM_ORDERS)] = "ij=ji"  # type: ignore[valid-type]
+    formula: Literal["ij=ji", "ij", "ijk=ikj", "ijkl=jikl=klij"] = "ij=ji"  # _TERM_ORDERS
     hidden: Widths = [64, 64]
     channels: PosInt = 8
     num_rbf: PosInt = 16
     cutoff: PosFloat = 8.0
     edge_features: Bool | None = None
     gate: Bool = True
-    reduce: Literal[REDUCES] = "mean"
+    reduce: Reduce = "mean"
     avg_num_neighbors: PosFloat = 12.0
-    act: Literal[ACTIVATIONS] = "silu"
+    act: Activation = "silu"
 
 
 @register_head("edge-tensor", config=EdgeTensorHeadConfig)
@@ -363,7 +364,7 @@ class EdgeTensorHead(_EdgeTensorBase):
 class EdgeAtomTensorHeadConfig(ModuleConfig):
     """Options of the ``edge-atom-tensor`` head (see :class:`EdgeAtomTensorHead`)."""
 
-    formula: Literal[ATOM_FORMULAS] = "ij"
+    formula: AtomFormula = "ij"
     hidden: Widths = [64, 64]
     channels: PosInt = 8
     num_rbf: PosInt = 16
@@ -371,7 +372,7 @@ class EdgeAtomTensorHeadConfig(ModuleConfig):
     edge_features: Bool | None = None
     gate: Bool = True
     avg_num_neighbors: PosFloat = 12.0
-    act: Literal[ACTIVATIONS] = "silu"
+    act: Activation = "silu"
 
 
 @register_head("edge-atom-tensor", config=EdgeAtomTensorHeadConfig)

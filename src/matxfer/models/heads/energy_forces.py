@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +32,8 @@ from matxfer.models.base import Head
 from matxfer.models.heads.scalar import scalar_channels
 from matxfer.models.registry import register_head
 from matxfer.nn.geometry import edge_vectors
-from matxfer.nn.mlp import ACTIVATIONS, MLP
-from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
+from matxfer.nn.mlp import MLP, Activation
+from matxfer.nn.pooling import Reduce, check_reduce, graph_index, pool
 from matxfer.nn.radial import BesselBasis, PolynomialCutoff
 
 #: label keys of the energy/force data (eV per cell, eV/Angstrom per atom)
@@ -49,8 +49,8 @@ class EnergyHeadConfig(ModuleConfig):
     """Options of the ``energy`` head (see :class:`EnergyHead`)."""
 
     hidden: Widths = [64]
-    act: Literal[ACTIVATIONS] = "silu"
-    reduce: Literal[REDUCES] = "sum"
+    act: Activation = "silu"
+    reduce: Reduce = "sum"
     species_offsets: Bool = True
     num_species: PosInt = 119
 
@@ -133,7 +133,7 @@ class DirectForceHeadConfig(ModuleConfig):
     """Options of the ``direct-forces`` head (see :class:`DirectForceHead`)."""
 
     hidden: Widths = [64]
-    act: Literal[ACTIVATIONS] = "silu"
+    act: Activation = "silu"
     cutoff: PosFloat = 6.0
     num_radial: PosInt = 8
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from e3nn import o3
 from torch import Tensor
@@ -12,8 +10,8 @@ from matxfer import keys as K
 from matxfer.config import Bool, ModuleConfig, Widths
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
-from matxfer.nn.mlp import ACTIVATIONS, MLP
-from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
+from matxfer.nn.mlp import MLP, Activation
+from matxfer.nn.pooling import Reduce, check_reduce, graph_index, pool
 
 
 def scalar_channels(in_spec) -> tuple[int, list[int] | None]:
@@ -41,9 +39,9 @@ class ScalarHeadConfig(ModuleConfig):
     """Options of the ``scalar`` head (see :class:`ScalarHead`)."""
 
     hidden: Widths = [64]
-    act: Literal[ACTIVATIONS] = "silu"
+    act: Activation = "silu"
     input_activation: Bool = False
-    reduce: Literal[REDUCES] = "mean"
+    reduce: Reduce = "mean"
 
 
 @register_head("scalar", config=ScalarHeadConfig)

@@ -11,7 +11,7 @@ task's :class:`~matxfer.normalize.IrrepsNormalizer`, which uses the same basis.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from e3nn import o3
@@ -23,11 +23,12 @@ from matxfer.interfaces import OutSpec
 from matxfer.models.base import Head
 from matxfer.models.registry import register_head
 from matxfer.nn.e3 import Gate, reset_e3nn_parameters
-from matxfer.nn.pooling import REDUCES, check_reduce, graph_index, pool
+from matxfer.nn.pooling import Reduce, check_reduce, graph_index, pool
 from matxfer.normalize import cartesian_basis, formula_rank, refresh_basis
 
 #: formulas of per-crystal tensor targets (dielectric, piezoelectric, elastic)
-TENSOR_FORMULAS = ("ij=ji", "ijk=ikj", "ijkl=jikl=klij")
+TensorFormula = Literal["ij=ji", "ijk=ikj", "ijkl=jikl=klij"]
+TENSOR_FORMULAS: tuple[str, ...] = get_args(TensorFormula)
 
 
 def _irreps_in(in_spec, head: str) -> o3.Irreps:
@@ -125,9 +126,9 @@ class _CartesianHead(Head):
 class TensorHeadConfig(ModuleConfig):
     """Options of the ``tensor`` head (see :class:`TensorHead`)."""
 
-    formula: Literal[TENSOR_FORMULAS] = "ijkl=jikl=klij"
+    formula: TensorFormula = "ijkl=jikl=klij"
     hidden_irreps: Str | None = "auto"
-    reduce: Literal[REDUCES] = "mean"
+    reduce: Reduce = "mean"
 
 
 @register_head("tensor", config=TensorHeadConfig)
@@ -244,11 +245,11 @@ def _product_irreps(irreps: o3.Irreps, mul: int) -> o3.Irreps:
 class ProductTensorHeadConfig(ModuleConfig):
     """Options of the ``tensor-product`` head (see :class:`ProductTensorHead`)."""
 
-    formula: Literal[TENSOR_FORMULAS] = "ijk=ikj"
+    formula: TensorFormula = "ijk=ikj"
     mul: PosInt = 8
     product_mul: PosInt = 8
     hidden_irreps: Str | None = "auto"
-    reduce: Literal[REDUCES] = "mean"
+    reduce: Reduce = "mean"
 
 
 @register_head("tensor-product", config=ProductTensorHeadConfig)
