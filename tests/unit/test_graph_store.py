@@ -259,3 +259,28 @@ def test_training_through_the_store_matches_the_in_memory_path(tmp_path, workers
         assert torch.equal(wa[k], wb[k]), k
     for split in ("val", "test"):
         assert a.metrics[split] == b.metrics[split]
+
+
+def test_build_store_from_a_run_config_serves_that_run(tmp_path, capsys):
+    import copy
+
+    import yaml
+
+    from matxfer.cli import main
+    from matxfer.config import config_from_dict
+    from matxfer.train.loop import fit
+
+    store = tmp_path / "graphs"
+    cfg = copy.deepcopy(TINY)
+    cfg["optim"]["epochs"] = 1
+    cfg["out"] = str(tmp_path / "run")
+    cfg["data"]["graph_store"] = str(store)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["data", "build-store", "emt-metals", "--out", str(store), "--config",
+                 str(tmp_path / "run.yaml"), "--limit", "24", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] == 24
+    mtime = (store / "data.mdb").stat().st_mtime_ns
+    result = fit(config_from_dict(cfg))
+    graph = torch.load(result.checkpoint, map_location="cpu", weights_only=True)["graph"]
+    assert GraphStore(store).meta["settings"] == graph
+    assert (store / "data.mdb").stat().st_mtime_ns == mtime  # nothing was left to build
