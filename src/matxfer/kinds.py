@@ -8,7 +8,7 @@ the kind's name. The kind of a label key comes from :data:`matxfer.targets.TARGE
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -197,3 +197,23 @@ def kind_of(name: str) -> Kind:
         return KINDS[name]
     except KeyError:
         raise ValueError(f"unknown target kind {name!r}; valid: {sorted(KINDS)}") from None
+
+
+def attach_labels(graph, labels: Mapping[str, Any], tasks: Mapping[str, Any], copy: bool = True):
+    """``graph`` with ``y_<task>`` and boolean ``m_<task>`` for every task, from ``labels``
+    (label key -> value; absent keys are absent labels).
+
+    Graph-level labels have a leading axis of 1 (so batching stacks them); per-atom labels
+    are ``[n_atoms, ...]``. Absent labels are zeros with a False mask, never read as zero.
+    ``copy=False`` sets them on ``graph`` itself (a graph just read from a store).
+    """
+    from matxfer.keys import label_key, mask_key
+
+    g = graph.clone() if copy else graph
+    dtype = torch.get_default_dtype()
+    n = int(g.num_nodes)
+    for name, task in tasks.items():
+        val, mask = kind_of(task.kind).graph_label(labels.get(name), n, task.formula, dtype)
+        g[label_key(name)] = val
+        g[mask_key(name)] = mask
+    return g

@@ -40,7 +40,7 @@ not write to a store while another process reads it (a training run builds what 
 before its loaders start).
 
 Labels of a training run: :class:`GraphStoreDataset` attaches ``y_<task>`` / ``m_<task>``
-with :func:`matxfer.train.data.attach_labels`, from the labels it is given (a run passes its
+with :func:`matxfer.kinds.attach_labels`, from the labels it is given (a run passes its
 merged, validated records' labels, so they are the same as on the in-memory path) or else
 from the ones stored with each graph.
 """
@@ -56,7 +56,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -536,10 +535,10 @@ class GraphStoreDataset(Dataset):
         g = item["graph"]
         if self.tasks is None:
             return g
-        from matxfer.train.data import attach_labels
+        from matxfer.kinds import attach_labels
 
         labels = item["labels"] if self.labels is None else self.labels[mid]
-        return attach_labels(g, SimpleNamespace(labels=labels), self.tasks, copy=False)
+        return attach_labels(g, labels, self.tasks, copy=False)
 
     def __iter__(self) -> Iterator[CrystalGraph]:
         for i in range(len(self)):

@@ -14,15 +14,13 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from matxfer.config import DataConfig
 from matxfer.data.graphs import CrystalGraph, GraphSettings
 from matxfer.data.records import CrystalRecord
 from matxfer.data.registry import load_dataset
 from matxfer.data.splits import Split, split_ids, subsample
-from matxfer.keys import label_key, mask_key
-from matxfer.kinds import kind_of
+from matxfer.kinds import attach_labels as attach_graph_labels
 from matxfer.targets import TARGET_FORMULAS
 from matxfer.tasks import Task
 
@@ -111,20 +109,9 @@ def gather_records(
 def attach_labels(
     graph: CrystalGraph, record: CrystalRecord, tasks: dict[str, Task], copy: bool = True
 ) -> CrystalGraph:
-    """Copy of ``graph`` with ``y_<task>`` and boolean ``m_<task>`` for every task.
-
-    Graph-level labels have a leading axis of 1 (so batching stacks them); per-atom labels
-    are ``[n_atoms, ...]``. Absent labels are zeros with a False mask. ``copy=False`` sets
-    them on ``graph`` itself (a graph just read from a store).
-    """
-    g = graph.clone() if copy else graph
-    dtype = torch.get_default_dtype()
-    n = int(g.num_nodes)
-    for name, task in tasks.items():
-        val, mask = kind_of(task.kind).graph_label(record.labels.get(name), n, task.formula, dtype)
-        g[label_key(name)] = val
-        g[mask_key(name)] = mask
-    return g
+    """``graph`` (a copy unless ``copy=False``) with the record's labels and masks for every
+    task (see :func:`matxfer.kinds.attach_labels`)."""
+    return attach_graph_labels(graph, record.labels, tasks, copy)
 
 
 def make_split(cfg: DataConfig, ids: list[str], records: dict[str, CrystalRecord] | None = None) -> Split:
