@@ -25,10 +25,13 @@ Measured, per side:
 * peak memory: the peak RSS over one training (and one inference) epoch minus the RSS
   before it, sampled every 2 ms, each side and batch size in its own spawned process.
 
-The two sides alternate pass by pass (order flipped every repeat) so that load from other
-processes affects both alike; every number is the best of ``--repeats`` passes, with all
-passes listed, the rate per CPU-second of this process (``*_cpu_*``, less sensitive to
-load) and ``os.getloadavg()`` before and after. Ratios are matxfer / reference.
+The sides are interleaved unit by unit (a batch, or 25 structures when featurising): each
+of ``--repeats`` passes runs unit ``i`` of every side back to back, the order rotated from
+unit to unit, so bursts of load from other processes hit all sides alike. Reported per
+side: ``per_s`` (the best whole pass, all passes in ``per_s_all``), ``per_s_unit_min``
+(every unit at its fastest over the passes: the least disturbed estimate on a shared
+machine), the same per CPU-second of this process (``per_cpu_s*``) and
+``os.getloadavg()`` along the way. Ratios are matxfer / reference.
 
 Usage::
 
@@ -39,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -61,6 +65,8 @@ THREADS = 2
 RADIUS, MAX_NBR, G_STEP = 8.0, 12, 0.2
 ATOM_FEA, N_CONV, H_FEA = 64, 3, 128
 SIDES = ("reference", "matxfer")
+#: structures per timed featurisation unit
+FEAT_CHUNK = 25
 
 
 def _reference():
@@ -202,15 +208,35 @@ class Side:
             self.forward(self.batches[0])
 
     def train_pass(self) -> None:
-        self.model.train()
-        for b, y in zip(self.batches, self.targets):
-            self.step(b, y)
+        for unit in self.train_units():
+            unit()
 
-    @torch.no_grad()
     def infer_pass(self) -> None:
-        self.model.eval()
-        for b in self.batches:
-            self.forward(b)
+        for unit in self.infer_units():
+            unit()
+
+    def train_units(self) -> list:
+        """One callable per batch: a training step."""
+
+        def unit(i):
+            self.model.train()
+            self.step(self.batches[i], self.targets[i])
+
+        return [functools.partial(unit, i) for i in range(len(self.batches))]
+
+    def infer_units(self) -> list:
+        """One callable per batch: a forward pass in eval mode without gradients."""
+
+        @torch.no_grad()
+        def unit(i):
+            self.model.eval()
+            self.forward(self.batches[i])
+
+        return [functools.partial(unit, i) for i in range(len(self.batches))]
+
+    def collate_units(self) -> list:
+        """One callable per batch: its collation."""
+        return [functools.partial(self.collate, c) for c in self.chunks()]
 
 
 def timed(fn) -> tuple[float, float]:
@@ -220,23 +246,61 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def rates(n: int, passes: list[tuple[float, float]]) -> dict:
+def interleave(units: dict[str, list], repeats: int) -> dict[str, tuple[list, list]]:
+    """Time the units (batches, chunks of structures) of every side, interleaved.
+
+    ``units[side]`` are callables, the same number for every side. Each of the ``repeats``
+    passes walks the units in order and runs unit ``i`` of every side back to back (the
+    order of the sides rotated from unit to unit), so a burst of load from other processes
+    hits all sides alike. Returns ``side -> (wall, cpu)``, each ``[repeats][n_units]``
+    seconds.
+    """
+    names = list(units)
+    n_units = len(units[names[0]])
+    if any(len(u) != n_units for u in units.values()):
+        raise ValueError(
+            f"sides have different numbers of units: { {k: len(u) for k, u in units.items()} }"
+        )
+    wall = {k: [[0.0] * n_units for _ in range(repeats)] for k in names}
+    cpu = {k: [[0.0] * n_units for _ in range(repeats)] for k in names}
+    for r in range(repeats):
+        for i in range(n_units):
+            shift = (i + r) % len(names)
+            for k in names[shift:] + names[:shift]:
+                wall[k][r][i], cpu[k][r][i] = timed(units[k][i])
+    return {k: (wall[k], cpu[k]) for k in names}
+
+
+def rates(n: int, times: tuple[list, list]) -> dict:
+    """Structures per second from :func:`interleave` times.
+
+    ``per_s``: the best whole pass; ``per_s_unit_min``: every unit at its fastest over the
+    passes (the least disturbed estimate under fluctuating load); ``per_cpu_s`` and
+    ``per_cpu_s_unit_min``: the same per CPU-second of this process.
+    """
+    wall, cpu = times
+
+    def unit_min(t):
+        return sum(min(col) for col in zip(*t))
+
     return {
-        "per_s": round(max(n / w for w, _ in passes), 1),
-        "per_s_all": [round(n / w, 1) for w, _ in passes],
-        "per_cpu_s": round(max(n / c for _, c in passes), 1),
-        "wall_s_best": round(min(w for w, _ in passes), 4),
+        "per_s": round(max(n / sum(p) for p in wall), 1),
+        "per_s_all": [round(n / sum(p), 1) for p in wall],
+        "per_s_unit_min": round(n / unit_min(wall), 1),
+        "per_cpu_s": round(max(n / sum(p) for p in cpu), 1),
+        "per_cpu_s_unit_min": round(n / unit_min(cpu), 1),
+        "wall_s_unit_min": round(unit_min(wall), 4),
     }
 
 
-def alternate(fns: dict, repeats: int) -> dict[str, list[tuple[float, float]]]:
-    """Run each of ``fns`` ``repeats`` times, alternating, the order flipped every repeat."""
-    out: dict[str, list] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for k in names if r % 2 == 0 else names[::-1]:
-            out[k].append(timed(fns[k]))
-    return out
+def ratios(res: dict) -> dict:
+    """matxfer / reference for each kind of rate."""
+    m, r = res["matxfer"], res["reference"]
+    return {
+        k: ratio(m[k], r[k])
+        for k in ("per_s", "per_s_unit_min", "per_cpu_s", "per_cpu_s_unit_min")
+        if k in m
+    }
 
 
 def memory_child(side: str, item_file: str, batch_size: int, queue) -> None:
@@ -321,41 +385,33 @@ def main(argv: list[str] | None = None) -> dict:
         featurise_reference(reference_dataset(ids[:2], structures[:2], Path(tmp) / "warm"))
         ds = reference_dataset(ids, structures, Path(tmp) / "ref")
         featurise_matxfer(ids[:2], structures[:2], settings, feat)
-        made: dict[str, list] = {}
+        made: dict[str, dict] = {k: {} for k in ("reference", "matxfer", "matxfer_keep_shell")}
+        chunks = [range(i, min(i + FEAT_CHUNK, n)) for i in range(0, n, FEAT_CHUNK)]
 
-        def run(key, fn):
-            def go():
-                made[key] = fn()
+        def feat_unit(side, c):
+            if side == "reference":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "not find enough neighbors" (padding)
+                    made[side][c.start] = [ds[i] for i in c]
+                return
+            st = settings if side == "matxfer" else default_settings
+            made[side][c.start] = featurise_matxfer(
+                [ids[i] for i in c], [structures[i] for i in c], st, feat
+            )
 
-            return go
-
-        feat_passes = alternate(
-            {
-                "reference": run("reference", lambda: featurise_reference(ds)),
-                "matxfer": run(
-                    "matxfer", lambda: featurise_matxfer(ids, structures, settings, feat)
-                ),
-                "matxfer_keep_shell": run(
-                    "matxfer_keep_shell",
-                    lambda: featurise_matxfer(ids, structures, default_settings, feat),
-                ),
-            },
+        feat_times = interleave(
+            {k: [functools.partial(feat_unit, k, c) for c in chunks] for k in made},
             args.repeats,
         )
         loads.append(os.getloadavg())
-        items = {"reference": made["reference"], "matxfer": made["matxfer"]}
+        made_lists = {k: [it for c in chunks for it in v[c.start]] for k, v in made.items()}
+        items = {"reference": made_lists["reference"], "matxfer": made_lists["matxfer"]}
         per_atom = [
             int(g.edge_index.shape[1]) / max(int(g.num_nodes), 1)
-            for g in made["matxfer_keep_shell"]
+            for g in made_lists["matxfer_keep_shell"]
         ]
-        report["featurise"] = {k: rates(n, v) for k, v in feat_passes.items()}
-        report["featurise"]["ratio_matxfer_over_reference"] = ratio(
-            report["featurise"]["matxfer"]["per_s"], report["featurise"]["reference"]["per_s"]
-        )
-        report["featurise"]["ratio_cpu"] = ratio(
-            report["featurise"]["matxfer"]["per_cpu_s"],
-            report["featurise"]["reference"]["per_cpu_s"],
-        )
+        report["featurise"] = {k: rates(n, v) for k, v in feat_times.items()}
+        report["featurise"]["ratio_matxfer_over_reference"] = ratios(report["featurise"])
         report["graphs"] = {
             "atoms_per_structure": round(sum(len(s) for s in structures) / n, 2),
             "matxfer_edges_per_atom": round(
@@ -366,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
             "keep_shell_structures_with_more_than_12_per_atom": sum(p > MAX_NBR for p in per_atom),
         }
         made.clear()
+        made_lists.clear()
 
         item_files = {}
         for side in SIDES:
@@ -382,36 +439,27 @@ def main(argv: list[str] | None = None) -> dict:
             sparse = Side("matxfer", items["matxfer"], bs)
             sparse.model.backbone.dense_neighbours = False
             sparse.warm_up()
-            collate = alternate({k: s.collate_all for k, s in sides.items()}, args.repeats)
-            train = alternate(
-                {
-                    **{k: s.train_pass for k, s in sides.items()},
-                    "matxfer_sparse": sparse.train_pass,
-                },
-                args.repeats,
-            )
-            infer = alternate(
-                {
-                    **{k: s.infer_pass for k, s in sides.items()},
-                    "matxfer_sparse": sparse.infer_pass,
-                },
-                args.repeats,
-            )
+            every = {**sides, "matxfer_sparse": sparse}
+            collate = interleave({k: s.collate_units() for k, s in sides.items()}, args.repeats)
+            train = interleave({k: s.train_units() for k, s in every.items()}, args.repeats)
+            infer = interleave({k: s.infer_units() for k, s in every.items()}, args.repeats)
             loads.append(os.getloadavg())
             res: dict = {"collate": {k: rates(n, v) for k, v in collate.items()}}
             res["train"] = {k: rates(n, v) for k, v in train.items()}
             res["infer"] = {k: rates(n, v) for k, v in infer.items()}
-            res["epoch"] = {}
-            for k in SIDES:
-                best = min(w for w, _ in train[k]) + min(w for w, _ in collate[k])
-                res["epoch"][k] = {"per_s": round(n / best, 1)}
-            for what in ("train", "infer", "epoch"):
-                r = res[what]
-                r["ratio_matxfer_over_reference"] = ratio(
-                    r["matxfer"]["per_s"], r["reference"]["per_s"]
+            # epoch = collation + training steps, each unit at its fastest
+            res["epoch"] = {
+                k: rates(
+                    n,
+                    tuple(
+                        [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(ta, tb)]
+                        for ta, tb in zip(train[k], collate[k])
+                    ),
                 )
-                if "per_cpu_s" in r["matxfer"]:
-                    r["ratio_cpu"] = ratio(r["matxfer"]["per_cpu_s"], r["reference"]["per_cpu_s"])
+                for k in SIDES
+            }
+            for what in ("collate", "train", "infer", "epoch"):
+                res[what]["ratio_matxfer_over_reference"] = ratios(res[what])
             if not args.no_memory:
                 res["memory"] = measure_memory(item_files, bs)
             res["params"] = {
