@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from matxfer.data.graphs import GraphSettings, structure_to_graph
     from matxfer.data.registry import load_dataset
     from matxfer.feature_cache import compute_outputs
-    from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
+    from matxfer.models.backbones.sevennet import SevenNetBackbone
 
     ds = load_dataset("petousis-dielectric-2017")
     records = ds.records[: args.n]

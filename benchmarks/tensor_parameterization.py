@@ -59,11 +59,11 @@ def parent_checkpoint(kind: str) -> str:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "chgnet":
-            from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+            from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
 
             export_chgnet_checkpoint(path, "0.3.0")
         else:
-            from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+            from matxfer.models.backbones.sevennet import export_sevennet_checkpoint
 
             export_sevennet_checkpoint(path)
     return str(path)

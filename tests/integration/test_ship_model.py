@@ -23,7 +23,7 @@ def _script():
 
 def test_ship_model_end_to_end(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("chgnet", reason="chgnet is not installed (pip install matxfer[chgnet])")
-    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
 
     parent = export_chgnet_checkpoint(tmp_path / "chgnet-0.3.0.ckpt")
     cfg = {
@@ -88,7 +88,7 @@ def test_shipped_name_in_evaluate_inspect_and_finetune(tmp_path, data_dir, monke
     from matxfer.checkpoint import load_checkpoint
     from matxfer.cli import main
     from matxfer.config import config_from_dict
-    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
     from matxfer.shipped.build import ship_model
     from matxfer.train.cli import evaluate_checkpoint
     from matxfer.train.loop import fit

@@ -14,14 +14,14 @@ from torch_geometric.data import Batch
 
 from matxfer import keys as K
 from matxfer.data.graphs import GraphSettings, structure_to_graph
-from matxfer.models.registry import BACKBONES, HEADS, build_backbone, build_head
-from matxfer.pretrained.chgnet_backbone import (
+from matxfer.models.backbones.chgnet import (
     CachedBackbone,
     CHGNetBackbone,
     MissingDependencyError,
     attach_features,
     cache_features,
 )
+from matxfer.models.registry import BACKBONES, HEADS, build_backbone, build_head
 from matxfer.transfer import freeze, set_frozen_eval
 
 torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def test_matches_chgnet_crystal_features(backbone, si, batio3, skewed, zno):
 
     from chgnet.model import CHGNet
 
-    from matxfer.pretrained.chgnet_backbone import chgnet_weights_path
+    from matxfer.models.backbones.chgnet import chgnet_weights_path
 
     with contextlib.redirect_stdout(io.StringIO()):
         ref = CHGNet.from_file(str(chgnet_weights_path("0.3.0")))
@@ -298,7 +298,7 @@ def test_every_recipe_from_exported_checkpoint(chgnet_installed, tmp_path_factor
     """``matxfer import-chgnet`` writes a parent checkpoint every transfer recipe accepts."""
     from matxfer.checkpoint import load_checkpoint
     from matxfer.config import config_from_dict
-    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
     from matxfer.tasks import make_task
     from matxfer.train.setup import build_run_model
 

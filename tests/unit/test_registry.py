@@ -144,7 +144,7 @@ def test_mp_elastic_tensors_obey_the_point_group_of_their_structures(data_dir):
 
 
 @pytest.mark.parametrize(
-    "first", ["matxfer.pretrained.chgnet_backbone", "matxfer.pretrained.sevennet_backbone",
+    "first", ["matxfer.models.backbones.chgnet", "matxfer.models.backbones.sevennet",
               "matxfer.models.registry", "matxfer.study.runner"]
 )
 def test_every_backbone_registers_whichever_module_is_imported_first(first):

@@ -17,8 +17,8 @@ from torch_geometric.data import Batch
 
 from matxfer import keys as K
 from matxfer.data.graphs import GraphSettings, structure_to_graph
+from matxfer.models.backbones.chgnet import MissingDependencyError
 from matxfer.models.registry import BACKBONES, build_backbone
-from matxfer.pretrained.chgnet_backbone import MissingDependencyError
 
 torch.set_num_threads(1)
 
@@ -42,7 +42,7 @@ def sevenn_installed():
 
 
 def _cls():
-    from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
+    from matxfer.models.backbones.sevennet import SevenNetBackbone
 
     return SevenNetBackbone
 
@@ -299,7 +299,7 @@ def test_layers_option(sevenn_installed):
     assert len(bb.interactions) == 3  # blocks after the last one used are not built
     with pytest.raises(ValueError, match="out of range"):
         build_backbone({"name": "sevennet", "layers": [7]})
-    with pytest.raises(ValueError, match="parity must be"):
+    with pytest.raises(ValueError, match="parity: expected one of natural, project, split"):
         build_backbone({"name": "sevennet", "parity": "odd"})
 
 
@@ -452,7 +452,7 @@ def test_every_recipe_from_exported_checkpoint(sevenn_installed, tmp_path_factor
     """``matxfer import-sevennet`` writes a parent checkpoint every transfer recipe accepts."""
     from matxfer.checkpoint import load_checkpoint
     from matxfer.config import config_from_dict
-    from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+    from matxfer.models.backbones.sevennet import export_sevennet_checkpoint
     from matxfer.tasks import make_task
     from matxfer.train.setup import build_run_model
     from matxfer.transfer import param_groups
@@ -523,7 +523,7 @@ def test_missing_package_gives_install_hint(monkeypatch):
             monkeypatch.delitem(sys.modules, name)
     for name in ("sevenn", "sevenn.util", "sevenn._keys"):
         monkeypatch.setitem(sys.modules, name, None)
-    from matxfer.pretrained.sevennet_backbone import SevenNetBackbone
+    from matxfer.models.backbones.sevennet import SevenNetBackbone
 
     with pytest.raises(ImportError, match=r"pip install matxfer\[sevennet\]"):
         SevenNetBackbone()

@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def chgnet_parent(tmp_path_factory):
     pytest.importorskip("chgnet", reason="chgnet is not installed (pip install matxfer[chgnet])")
-    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
 
     return export_chgnet_checkpoint(tmp_path_factory.mktemp("chgnet") / "chgnet-0.3.0.ckpt")
 
@@ -113,7 +113,7 @@ def test_slim_checkpoint_small_identical_and_hash_checked(members, tmp_path, si,
 
 def test_slim_sevennet_round_trip(tmp_path, si, zno):
     pytest.importorskip("sevenn", reason="sevenn is not installed (pip install matxfer[sevennet])")
-    from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+    from matxfer.models.backbones.sevennet import export_sevennet_checkpoint
 
     parent = export_sevennet_checkpoint(tmp_path / "sevennet-0.ckpt")
     full = _member(parent, tmp_path, 0)

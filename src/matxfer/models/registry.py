@@ -48,8 +48,8 @@ BUILTIN_BACKBONES: dict[str, str] = {
     "equivariant": "matxfer.models.backbones.equivariant",
     "alignn": "matxfer.models.backbones.alignn",
     "local-frame": "matxfer.models.backbones.local_frame",
-    "chgnet": "matxfer.pretrained.chgnet_backbone",
-    "sevennet": "matxfer.pretrained.sevennet_backbone",
+    "chgnet": "matxfer.models.backbones.chgnet",
+    "sevennet": "matxfer.models.backbones.sevennet",
 }
 
 #: built-in head name -> the module whose import registers it

@@ -1,13 +1,14 @@
-"""Third-party pretrained models: original CGCNN checkpoints and the CHGNet backbone.
+"""Third-party pretrained models: original CGCNN checkpoints, and the CHGNet and SevenNet
+backbones (defined beside the other backbones, in :mod:`matxfer.models.backbones`).
 
 - :mod:`matxfer.pretrained.cgcnn_import`: ``matxfer import-cgcnn`` turns a released CGCNN
   ``*.pth.tar`` into a matxfer checkpoint (``cgcnn`` backbone + ``scalar`` head, normaliser,
   element table inside) and reproduces the original neighbour lists for exact parity.
-- :mod:`matxfer.pretrained.chgnet_backbone`: CHGNet 0.3.0 as the ``chgnet`` backbone
+- :mod:`matxfer.models.backbones.chgnet`: CHGNet 0.3.0 as the ``chgnet`` backbone
   (:mod:`matxfer.models.registry` imports that module, which registers it; its ``chgnet``
   dependency is imported only when a backbone is built), and feature caching for frozen
   backbones.
-- :mod:`matxfer.pretrained.sevennet_backbone`: SevenNet-0 (``sevenn`` wheel) as the
+- :mod:`matxfer.models.backbones.sevennet`: SevenNet-0 (``sevenn`` wheel) as the
   equivariant ``sevennet`` backbone (per-atom irreps of every interaction block; ``sevenn``
   is imported only when a backbone is built; registered the same way).
 
@@ -24,12 +25,12 @@ _LAZY = {
     "cgcnn_neighbor_list": "cgcnn_import",
     "import_cgcnn": "cgcnn_import",
     "read_original_checkpoint": "cgcnn_import",
-    "CachedBackbone": "chgnet_backbone",
-    "CHGNetBackbone": "chgnet_backbone",
-    "MissingDependencyError": "chgnet_backbone",
-    "attach_features": "chgnet_backbone",
-    "cache_features": "chgnet_backbone",
-    "SevenNetBackbone": "sevennet_backbone",
+    "CachedBackbone": "matxfer.models.backbones.chgnet",
+    "CHGNetBackbone": "matxfer.models.backbones.chgnet",
+    "MissingDependencyError": "matxfer.models.backbones.chgnet",
+    "attach_features": "matxfer.models.backbones.chgnet",
+    "cache_features": "matxfer.models.backbones.chgnet",
+    "SevenNetBackbone": "matxfer.models.backbones.sevennet",
 }
 
 
@@ -37,7 +38,9 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        module = _LAZY[name]
+        module = module if "." in module else f"{__name__}.{module}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

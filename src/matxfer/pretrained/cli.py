@@ -83,7 +83,7 @@ def _add_chgnet_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_chgnet(args: argparse.Namespace) -> int:
-    from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+    from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
 
     out = export_chgnet_checkpoint(args.out, args.weights, readout_norm=not args.no_readout_norm)
     print(json.dumps({"checkpoint": str(out)}, indent=1))
@@ -110,7 +110,7 @@ def _add_sevennet_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sevennet(args: argparse.Namespace) -> int:
-    from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+    from matxfer.models.backbones.sevennet import export_sevennet_checkpoint
 
     out = export_sevennet_checkpoint(args.out, args.model, parity=args.parity)
     print(json.dumps({"checkpoint": str(out)}, indent=1))

@@ -223,11 +223,11 @@ class StudyRunner:
         kind, what = spec.importer.split(":", 1)
         log.info("importing %s weights %s as %s", kind, what, out)
         if kind == "chgnet":
-            from matxfer.pretrained.chgnet_backbone import export_chgnet_checkpoint
+            from matxfer.models.backbones.chgnet import export_chgnet_checkpoint
 
             return export_chgnet_checkpoint(out, what)
         if kind == "sevennet":
-            from matxfer.pretrained.sevennet_backbone import export_sevennet_checkpoint
+            from matxfer.models.backbones.sevennet import export_sevennet_checkpoint
 
             model, _, parity = what.partition(":")
             model = {"0": "7net-0", "sevennet-0": "7net-0"}.get(model, model)
