@@ -333,6 +333,31 @@ def phase_memory_epoch(n: int, workers_list: list[int]) -> dict:
     }
 
 
+def summarize(entry: dict) -> dict:
+    """The headline numbers of one size (all taken from the phases' measurements)."""
+    b, mem = entry["build"], entry["memory"]
+    store = {e["workers"]: e for e in entry["store_epoch"]}
+    memory = {e["workers"]: e for e in mem["epochs"]}
+    return {
+        "build_s": b["seconds"], "build_structures_per_s": b["structures_per_s"],
+        "disk_mb": b["disk_mb"], "build_peak_rss_mb": b["peak"]["rss_mb"],
+        "epoch_peak_rss_mb": {"store": store[0]["peak"]["rss_mb"],
+                              "in_memory": memory[0]["peak"]["rss_mb"]},
+        # RSS less file-backed pages: for the store, the mapped LMDB file is not counted
+        "epoch_peak_anon_mb": {"store": store[0]["peak"]["anon_mb"],
+                               "in_memory": memory[0]["peak"]["anon_mb"]},
+        "epoch_peak_pss_with_2_workers_mb": {"store": store[2]["peak"]["total_pss_mb"],
+                                             "in_memory": memory[2]["peak"]["total_pss_mb"]},
+        "epoch_structures_per_s": {
+            "store": {"0_workers": store[0]["structures_per_s"],
+                      "2_workers": store[2]["structures_per_s"]},
+            "in_memory": {"0_workers": memory[0]["structures_per_s"],
+                          "2_workers": memory[2]["structures_per_s"]},
+        },
+        "in_memory_prepare_s": round(mem["generate_s"] + mem["graph_build_s"], 2),
+    }
+
+
 def _run_phase(*args: str, timeout: float = 3600) -> dict:
     cmd = [sys.executable, __file__, "--phase", *args]
     print("+", " ".join(cmd[2:]), flush=True)
@@ -389,6 +414,7 @@ def main() -> None:
         entry["store_epoch"] = [_run_phase("store-epoch", str(store), str(w)) for w in (0, 2)]
         entry["memory"] = _run_phase("memory-epoch", str(n), "0", "2")
         result["sizes"][str(n)] = entry
+        result.setdefault("summary", {})[str(n)] = summarize(entry)
         if not args.keep:
             shutil.rmtree(store, ignore_errors=True)
         result["machine"]["loadavg_end"] = os.getloadavg()
