@@ -239,7 +239,6 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
 
     from matxfer.checkpoint import (
         _plain,
@@ -300,7 +299,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
         train_graphs, val_graphs = data.subset(data.split.train), data.subset(data.split.val)
         dm = GraphDataModule(train_graphs, val_graphs, tasks, bs, sampler=cfg.data.sampler,
                              num_workers=cfg.trainer.num_workers, generator=gen)
-        train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+        train_loader = dm.train_dataloader()
         lit = PropertyLightningModule(model, tasks, cfg.optim, len(train_loader))
         cached = _cache_frozen_outputs(cfg, model, settings, train_graphs + val_graphs)
 
@@ -342,41 +341,10 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
         if cfg.optim.budget_min:
             # the budget is for training: data preparation and frozen-feature caching before
             # it are reported beside it (provenance.budget.prepare_s), not counted
-            prep_s = time.time() - t0
-            plan = ((resume_ckpt or {}).get("provenance") or {}).get("budget")
-            if plan is None:  # a resumed run keeps the schedule it was planned with
-                plan = plan_budget(model, tasks, train_loader, val_loader, cfg.optim.budget_min)
-                plan["prepare_s"] = round(prep_s, 2)
-            plan = {k: v for k, v in plan.items() if k != "budget_min"}
-            cfg.optim.epochs = plan["epochs"]
-            cfg.optim.max_time_min = cfg.optim.budget_min
+            provenance["budget"] = _apply_budget(cfg, model, tasks, dm, resume_ckpt, time.time() - t0)
             lit.optim_cfg = cfg.optim
-            provenance["budget"] = {**plan, "budget_min": cfg.optim.budget_min}
-            log.info("budget %.1f min: %.1f s per epoch measured -> %d epochs",
-                     cfg.optim.budget_min, plan["epoch_s"], plan["epochs"])
-        max_time = None
-        if cfg.optim.max_time_min:
-            max_time = datetime.timedelta(minutes=float(cfg.optim.max_time_min))
-        trainer = L.Trainer(
-            max_epochs=cfg.optim.epochs,
-            max_time=max_time,
-            accelerator=cfg.trainer.accelerator,
-            devices=cfg.trainer.devices,
-            num_nodes=cfg.trainer.num_nodes,
-            strategy=cfg.trainer.strategy,
-            precision=cast(Any, cfg.trainer.precision),  # checked by Lightning
-            deterministic=cfg.trainer.deterministic,
-            gradient_clip_val=cfg.optim.grad_clip or None,
-            callbacks=callbacks,
-            plugins=[MatxferCheckpointIO(write_best)],
-            logger=CSVLogger(str(out), name="logs", version=""),
-            enable_progress_bar=show_bar,
-            enable_model_summary=False,
-            log_every_n_steps=max(1, min(50, len(train_loader))),
-            num_sanity_val_steps=0,
-            # plain no_grad for validation: conservative forces (-dE/dpos) need autograd there
-            inference_mode=False,
-        )
+        trainer = _trainer(cfg, out, callbacks, MatxferCheckpointIO(write_best), show_bar,
+                           len(train_loader))
         earlier_csv = None
         if resume is not None:
             start_at_epoch(trainer, int(resume["epoch"]), int(resume.get("global_step", 0)))
@@ -408,17 +376,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
             best_epoch = int((best_ck.get("metrics") or {}).get("epoch", -1))
         model.eval()
         model.cpu()
-        metrics: dict[str, Any] = {}
-        for split_name in ("val", "test"):
-            ids = getattr(data.split, split_name)
-            if ids:
-                m, pairs = evaluate_graphs(
-                    model, tasks, data.subset(ids), batch_size=max(bs, 64),
-                    symprec=cfg.trainer.symprec, train_means=train_means,
-                )
-                metrics[split_name] = m
-                if split_name == "test":
-                    _write_predictions(out / "test_predictions.json", pairs)
+        metrics = _evaluate_splits(cfg, model, tasks, data, train_means, out)
         wall = time.time() - t0
         metrics["best_epoch"] = best_epoch
         metrics["epochs_run"] = max(trainer.current_epoch, int(resume["epoch"]) if resume else 0)
@@ -432,6 +390,72 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
     finally:
         logging.getLogger("matxfer").removeHandler(handler)
         handler.close()
+
+
+def _apply_budget(cfg: RunConfig, model, tasks, dm, resume_ckpt, prepare_s: float) -> dict:
+    """Size ``cfg.optim`` (epochs, hard stop) to the wall-clock budget; return the plan.
+
+    A resumed run keeps the schedule it was planned with (stored in its provenance).
+    """
+    plan = ((resume_ckpt or {}).get("provenance") or {}).get("budget")
+    if plan is None:
+        plan = plan_budget(model, tasks, dm.train_dataloader(), dm.val_dataloader(),
+                           float(cfg.optim.budget_min or 0))
+        plan["prepare_s"] = round(prepare_s, 2)
+    plan = {k: v for k, v in plan.items() if k != "budget_min"}
+    cfg.optim.epochs = plan["epochs"]
+    cfg.optim.max_time_min = cfg.optim.budget_min
+    log.info("budget %.1f min: %.1f s per epoch measured -> %d epochs",
+             cfg.optim.budget_min, plan["epoch_s"], plan["epochs"])
+    return {**plan, "budget_min": cfg.optim.budget_min}
+
+
+def _trainer(cfg: RunConfig, out: Path, callbacks: list, checkpoint_io, show_bar: bool,
+             steps_per_epoch: int):
+    """The Lightning trainer of a run (CSV log in ``out/logs``, matxfer-format checkpoints)."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    max_time = None
+    if cfg.optim.max_time_min:
+        max_time = datetime.timedelta(minutes=float(cfg.optim.max_time_min))
+    return L.Trainer(
+        max_epochs=cfg.optim.epochs,
+        max_time=max_time,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
+        precision=cast(Any, cfg.trainer.precision),  # checked by Lightning
+        deterministic=cfg.trainer.deterministic,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        callbacks=callbacks,
+        plugins=[checkpoint_io],
+        logger=CSVLogger(str(out), name="logs", version=""),
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        num_sanity_val_steps=0,
+        # plain no_grad for validation: conservative forces (-dE/dpos) need autograd there
+        inference_mode=False,
+    )
+
+
+def _evaluate_splits(cfg: RunConfig, model, tasks, data, train_means, out: Path) -> dict[str, Any]:
+    """Validation and test metrics of the final model; test predictions to
+    ``out/test_predictions.json``."""
+    metrics: dict[str, Any] = {}
+    for split_name in ("val", "test"):
+        ids = getattr(data.split, split_name)
+        if ids:
+            m, pairs = evaluate_graphs(
+                model, tasks, data.subset(ids), batch_size=max(cfg.optim.batch_size, 64),
+                symprec=cfg.trainer.symprec, train_means=train_means,
+            )
+            metrics[split_name] = m
+            if split_name == "test":
+                _write_predictions(out / "test_predictions.json", pairs)
+    return metrics
 
 
 def _data_provenance(cfg: RunConfig, command: str, data, train_means) -> dict[str, Any]:
