@@ -107,7 +107,10 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
     out = {}
     for target, m in metrics.items():
         if isinstance(m, dict):
-            out[target] = {k: float(m[k]) for k in HEADLINE if isinstance(m.get(k), (int, float))}
+            row = {k: float(m[k]) for k in HEADLINE if isinstance(m.get(k), (int, float))}
+            if "n" in row:
+                row["n"] = int(row["n"])
+            out[target] = row
     return out
 
 
@@ -184,8 +187,10 @@ def by_crystal_system(cfg, tasks, run_dir: Path) -> dict[str, Any]:
             t = [np.asarray(d["true"][j]) for j in idx]
             p = [float(x) for x in p] if task.kind != "tensor" else p
             t = [float(x) for x in t] if task.kind != "tensor" else t
-            m = kind_of(task.kind).metrics(p, t, task.formula)
-            out.setdefault(name, {"n": len(idx)})[target] = headline({target: m})[target]
+            m = headline({target: kind_of(task.kind).metrics(p, t, task.formula)})[target]
+            if target == "log10_bulk_modulus_vrh":
+                m["k_vrh_mae_from_10pow"] = float(np.mean(np.abs(10.0 ** np.array(p) - 10.0 ** np.array(t))))
+            out.setdefault(name, {"n": len(idx)})[target] = m
     return out
 
 
@@ -307,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit must be >= 1, got {args.limit}")
     routes = parse_routes(args.routes)
+    from matxfer.jsonout import dumps
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = load_results(out)
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save():
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=float))
+        out.write_text(dumps(results, indent=1) + "\n")
 
     for route in routes:
         row = run_route(route, args)
@@ -332,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         row["threads"] = args.threads
         routes_out[route] = row
         save()
-        print(json.dumps({route: {"summary": row["summary"], "time": row["time"]}},
-                         indent=1, default=float), flush=True)
+        print(dumps({route: {"summary": row["summary"], "time": row["time"]}}, indent=1), flush=True)
     return 0
 
 
