@@ -241,8 +241,11 @@ def run_route(route: str, args) -> dict[str, Any]:
     prov = load_checkpoint(res.checkpoint).get("provenance") or {}
     plan = prov.get("budget") or {}
     caching = read_caching(run_dir)
-    probe_s = max(0.0, plan.get("budget_min", 0.0) * 60.0 - plan.get("budget_s", 0.0))
-    offset = (caching["wall_s"] if caching else 0.0) + probe_s
+    # the probe's time is what it took off the budget (unknown when it took all of it)
+    probe_s = None
+    if plan.get("budget_s", 0.0) > 0:
+        probe_s = max(0.0, plan["budget_min"] * 60.0 - plan["budget_s"])
+    offset = (caching["wall_s"] if caching else 0.0) + (probe_s or 0.0)
     tasks = build_tasks(cfg)
     test = headline(res.metrics.get("test") or {})
     k_log = k_vrh_from_log(run_dir)
