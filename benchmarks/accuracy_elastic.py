@@ -9,9 +9,9 @@ commands run) with the same stratified 80/10/10 split by id (seed 0) and the sam
 - test K_VRH / G_VRH MAE (GPa), log10 K / log10 G MAE and ``mae_voigt`` of the elastic
   tensor routes (derived from the point-group projected tensor predictions); for the scalar
   log10 K_VRH routes their log10 K MAE and the K_VRH MAE of ``10**prediction``;
-- the fit's wall and CPU time, the one-time frozen-feature caching time apart from it (from
-  the run's ``train.log``; 0 computed when the features came from the on-disk cache) and the
-  budget plan (``provenance.budget`` of the checkpoint: measured throughput, epochs);
+- the fit's wall and CPU time (and the CPU share per thread), the one-time frozen-feature
+  caching time apart from it (from the run's ``train.log``; 0 computed when the features
+  came from the on-disk cache) and the budget plan (``provenance.budget`` of the checkpoint: measured throughput, epochs);
 - the validation curve: per epoch ``elapsed_s`` (since the Lightning module was built: it
   includes the feature caching and the budget probe), ``train_s`` (the same with those two
   taken off), ``val_loss`` and ``val_mae/<target>`` (mean absolute error over the tensor's
@@ -268,6 +268,8 @@ def run_route(route: str, args) -> dict[str, Any]:
         "time": {
             "fit_wall_s": wall,
             "fit_cpu_s": cpu,
+            # CPU seconds this process got per wall second and thread (below 1: shared cores)
+            "cpu_share": cpu / max(wall * args.threads, 1e-9),
             "training_s": curve[-1]["train_s"] if curve else None,
             "feature_caching": caching,
             "budget_probe_s": probe_s,
