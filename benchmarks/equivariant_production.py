@@ -83,6 +83,43 @@ def main(argv: list[str] | None = None) -> dict:
 
     path, _, structures = tt.load_structures(args.n)
     results: dict[str, dict] = {}
+    out = Path(args.out)
+    report: dict = {}
+
+    def write() -> None:
+        report.update(
+            {
+                "benchmark": "equivariant_production",
+                "data": {"file": path.name, "first_n_in_file_order": args.n},
+                "graphs": {"settings": settings.to_dict(), "build_s": round(secs, 2)},
+                "batch_size": tt.BATCH_SIZE,
+                "torch_threads": tt.THREADS,
+                "device": "cpu",
+                "matten_reference": {
+                    **MATTEN_REFERENCE,
+                    "note": "MatTen's own code at this size on this kind of machine (batch 32, "
+                    "2 threads), as quoted; not re-measured here (MatTen is not installed)",
+                },
+                "timing": "train = forward + backward + AdamW step; graph construction "
+                "excluded; best of --repeats passes over all structures after one warm-up "
+                "batch; *_cpu_* = structures per CPU-second of the process (less sensitive "
+                "to other load)",
+                "memory_metric": "peak_rss_delta_mb = peak RSS during the training passes "
+                "(sampled every 2 ms) minus the RSS before them, each case in a fresh "
+                "spawned process",
+                "cases_asked": names,
+                "cases": results,
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__,
+                },
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         graphs, settings, secs = tt.build_graphs(structures, "equivariant")
@@ -103,35 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
                     res[f"{cpu_key}_over_matten"] = round(res[cpu_key] / ref, 2)
             results[got] = res
             print(f"{name}: {json.dumps(res)}", flush=True)
-
-    report = {
-        "benchmark": "equivariant_production",
-        "data": {"file": path.name, "first_n_in_file_order": args.n},
-        "graphs": {"settings": settings.to_dict(), "build_s": round(secs, 2)},
-        "batch_size": tt.BATCH_SIZE,
-        "torch_threads": tt.THREADS,
-        "device": "cpu",
-        "matten_reference": {
-            **MATTEN_REFERENCE,
-            "note": "MatTen's own code at this size on this kind of machine (batch 32, 2 "
-            "threads), as quoted; not re-measured here (MatTen is not installed)",
-        },
-        "timing": "train = forward + backward + AdamW step; graph construction excluded; "
-        "best of --repeats passes over all structures after one warm-up batch; *_cpu_* = "
-        "structures per CPU-second of the process (less sensitive to other load)",
-        "memory_metric": "peak_rss_delta_mb = peak RSS during the training passes (sampled "
-        "every 2 ms) minus the RSS before them, each case in a fresh spawned process",
-        "cases": results,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+            write()  # after every case, so a long run that is stopped keeps what it measured
     print(f"wrote {out}")
     return report
 
