@@ -74,14 +74,16 @@ def metric_sets(ckpt: dict) -> dict[str, Any]:
     if members and len(seeds) != len(members):
         raise ValueError(f"the checkpoint stores metrics of {len(members)} member(s) but "
                          f"{len(seeds)} member seed(s)")
-    ensemble = {t: {k: v for k, v in row.items() if k != "n"}
-                for t, row in _headline(m["test"]).items()}
+    head = _headline(m["test"])
+    ensemble = {t: {k: v for k, v in row.items() if k != "n"} for t, row in head.items()}
+    # checkpoints shipped before the metrics carried "n": the first label's test count
+    n = m.get("n") or next((row["n"] for row in head.values() if "n" in row), 0)
     return {
         "ensemble": ensemble,
         "members": [{t: {k: v for k, v in row.items() if k != "n"}
                      for t, row in _headline(mem).items()} for mem in members],
         "seeds": seeds,
-        "n": int(m.get("n") or 0),
+        "n": int(n),
         "wall_time_s": m.get("wall_time_s"),
     }
 

@@ -120,6 +120,21 @@ def test_recorded_command_is_parsed_and_checked():
         mod.stored_command({"provenance": {"command": "matxfer train x.yaml"}})
 
 
+def test_metric_sets_read_the_checkpoint_metrics():
+    mod = _script()
+    row = {"n": 40, "fnorm": 1.5, "ewt25": 0.1, "not_headline": 3.0}
+    ck = {"metrics": {"test": {"t": row}, "members": [{"t": {**row, "fnorm": 1.6}}]},
+          "members": [{"seed": 0}]}
+    s = mod.metric_sets(ck)  # no metrics.n (older checkpoints): the label's n is used
+    assert s["n"] == 40 and s["seeds"] == [0]
+    assert s["ensemble"] == {"t": {"fnorm": 1.5, "ewt25": 0.1}}
+    assert s["members"] == [{"t": {"fnorm": 1.6, "ewt25": 0.1}}]
+    with pytest.raises(ValueError, match="no test metrics"):
+        mod.metric_sets({"metrics": {}})
+    with pytest.raises(ValueError, match="1 member"):
+        mod.metric_sets({**ck, "members": []})
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
