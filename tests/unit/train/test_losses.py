@@ -82,7 +82,7 @@ class _Model:
 
 
 def _batch(task, y):
-    from matxfer.train.data import label_key, mask_key
+    from matxfer.keys import label_key, mask_key
 
     return {label_key(task.name): y, mask_key(task.name): torch.ones(len(y), dtype=torch.bool)}
 

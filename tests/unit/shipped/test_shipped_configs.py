@@ -11,7 +11,7 @@ from matxfer.config import config_from_dict, load_config
 from matxfer.study.config import load_study
 from matxfer.study.runner import StudyRunner
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").rglob("*.yaml"))
 
 
 def test_configs_are_shipped():
@@ -49,7 +49,7 @@ def test_documents_cited_by_shipped_configs_are_in_the_repository():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     cited = set()
     for cfg in (root / "configs").rglob("*.yaml"):
         text = cfg.read_text()

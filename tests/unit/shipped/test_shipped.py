@@ -327,7 +327,7 @@ def test_package_data_includes_shipped_files():
 
     import tomllib
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = data["package-data"]["matxfer"]
     assert {"shipped/index.json", "shipped/*.ckpt", "shipped/*.md"} <= set(globs)

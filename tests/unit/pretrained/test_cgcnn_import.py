@@ -321,7 +321,7 @@ def test_freeze_recipes_on_imported_backbone(imported):
 def test_study_config_loads():
     from matxfer.study.config import load_study
 
-    path = Path(__file__).resolve().parents[2] / "configs" / "seed001_original_cgcnn.yaml"
+    path = Path(__file__).resolve().parents[3] / "configs" / "seed001_original_cgcnn.yaml"
     study = load_study(path)
     pre = {p.name: p for p in study.pretrain}
     assert pre["eform"].importer == "cgcnn:formation-energy-per-atom"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch_geometric.data import Data
 
+from matxfer.keys import mask_key
 from matxfer.tasks import make_task
-from matxfer.train.data import mask_key
 from matxfer.train.lightning import task_balanced_sampler
 
 
