@@ -237,9 +237,9 @@ def _config_parent(config: str, overrides: list[str]) -> str | None:
 def _git_commit() -> dict[str, Any]:
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
+                              check=False).stdout.rstrip("\n")
 
-    return {"commit": git("rev-parse", "HEAD"),
+    return {"commit": git("rev-parse", "HEAD").strip(),
             "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines()
                             if ln and not ln.startswith("??")]}
 
