@@ -229,7 +229,7 @@ def test_tabulated_atom_features(si):
 
 def test_cgcnn_names_match_original_checkpoints():
     """The released CGCNN weights load strictly into the backbone and a scalar head."""
-    path = Path(__file__).resolve().parents[3] / "shared/pretrained/cgcnn/band-gap.pth.tar"
+    path = Path(__file__).resolve().parents[4] / "shared/pretrained/cgcnn/band-gap.pth.tar"
     if not path.is_file():
         pytest.skip(f"{path} not available")
     sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
@@ -616,7 +616,7 @@ def test_cgcnn_reproduces_the_original_code():
     import numpy as np
     from pymatgen.core import Structure
 
-    root = Path(__file__).resolve().parents[3] / "shared/pretrained/cgcnn"
+    root = Path(__file__).resolve().parents[4] / "shared/pretrained/cgcnn"
     ref_file = root / "reference_predictions" / "band-gap.csv"
     if not ref_file.is_file():
         pytest.skip(f"{ref_file} not available")

@@ -64,7 +64,7 @@ def _cases(name: str) -> list[tuple[dict, Task]]:
         return [({"name": name, "formula": f, **SMALL_EDGE}, Task("y", ATOM_TENSOR, f))
                 for f in ("ij", "ij=ji")]
     raise AssertionError(
-        f"head {name!r} is registered but tests/unit/test_symmetry_harness.py has no case for "
+        f"head {name!r} is registered but tests/unit/models/test_symmetry_harness.py has no case for "
         "it: add one to _cases"
     )
 
