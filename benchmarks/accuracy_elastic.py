@@ -104,14 +104,9 @@ def parse_routes(text: str | None) -> list[str]:
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    out = {}
-    for target, m in metrics.items():
-        if isinstance(m, dict):
-            row = {k: float(m[k]) for k in HEADLINE if isinstance(m.get(k), (int, float))}
-            if "n" in row:
-                row["n"] = int(row["n"])
-            out[target] = row
-    return out
+    from matxfer.shipped.build import headline_metrics
+
+    return headline_metrics(metrics, HEADLINE)
 
 
 def summary(test: dict[str, dict[str, float]], k_from_log: float | None) -> dict[str, float | None]:

@@ -27,7 +27,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -65,19 +64,8 @@ MATTEN_REFERENCE = {"train_structures_per_s": 7.0, "infer_structures_per_s": 25.
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1000, help="structures per pass")
-    parser.add_argument("--repeats", type=int, default=2, help="timed passes per mode")
-    parser.add_argument("--cases", default="all", help=f"comma-separated subset of {list(CASES)}")
-    parser.add_argument(
-        "--out",
-        default=str(Path(__file__).resolve().parent / "results" / "equivariant_production.json"),
-    )
-    args = parser.parse_args(argv)
-    names = list(CASES) if args.cases == "all" else args.cases.split(",")
-    unknown = [c for c in names if c not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; valid: {list(CASES)}")
+    args, names = tt.parse_case_args(argv, CASES, __doc__.split("\n\n")[0], 1000,
+                                     "equivariant_production.json")
 
     import torch
 

@@ -250,23 +250,33 @@ def run_case(name: str, graph_file: str, n_structures: int, repeats: int, queue)
         queue.put((name, {"error": f"{type(exc).__name__}: {exc}"}))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the cases, write the JSON report and return it."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=512, help="structures per pass")
+def parse_case_args(argv, cases, description: str, n: int, out_name: str):
+    """``--n --repeats --cases --out`` of a throughput benchmark; returns (args, case names).
+
+    Raises:
+        SystemExit: an unknown case name.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--n", type=int, default=n, help="structures per pass")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per mode")
     parser.add_argument(
-        "--cases", default="all", help=f"comma-separated subset of {list(CASES)} or 'all'"
+        "--cases", default="all", help=f"comma-separated subset of {list(cases)} or 'all'"
     )
     parser.add_argument(
-        "--out",
-        default=str(Path(__file__).resolve().parent / "results" / "train_throughput.json"),
+        "--out", default=str(Path(__file__).resolve().parent / "results" / out_name)
     )
     args = parser.parse_args(argv)
-    names = list(CASES) if args.cases == "all" else args.cases.split(",")
-    unknown = [c for c in names if c not in CASES]
+    names = list(cases) if args.cases == "all" else args.cases.split(",")
+    unknown = [c for c in names if c not in cases]
     if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; valid: {list(CASES)}")
+        raise SystemExit(f"unknown case(s) {unknown}; valid: {list(cases)}")
+    return args, names
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the cases, write the JSON report and return it."""
+    args, names = parse_case_args(argv, CASES, __doc__.split("\n\n")[0], 512,
+                                  "train_throughput.json")
 
     import torch
 

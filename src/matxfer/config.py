@@ -27,26 +27,23 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Str
 from pydantic_core import PydanticCustomError
 
 
-class Expect:
-    """Annotation metadata: what a field expects, in words, for error messages (replaces
-    the type's own description)."""
+class _Words:
+    """Annotation metadata carrying words for error messages."""
 
     def __init__(self, text: str):
         self.text = text
 
     def __repr__(self) -> str:
-        return f"Expect({self.text!r})"
+        return f"{type(self).__name__}({self.text!r})"
 
 
-class Note:
-    """Annotation metadata: a condition in words, added in parentheses to the type's
-    description in error messages (``a list of integers (sizes >= 1)``)."""
+class Expect(_Words):
+    """What a field expects, in words (replaces the type's own description)."""
 
-    def __init__(self, text: str):
-        self.text = text
 
-    def __repr__(self) -> str:
-        return f"Note({self.text!r})"
+class Note(_Words):
+    """A condition in words, added in parentheses to the type's description
+    (``a list of integers (sizes >= 1)``)."""
 
 
 def _yaml_number(value: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from torch import Tensor, nn
 
 from matxfer import keys as K
+from matxfer.config import ModuleConfig, PosInt, Str
 from matxfer.interfaces import BackboneOutput, OutSpec, Predictions
 
 if TYPE_CHECKING:
@@ -259,6 +260,15 @@ def feature_dim_of(atom_features: str, atom_feature_dim: int | None) -> int | No
     raise ValueError(
         f"atom_features={atom_features!r} needs atom_feature_dim (the number of feature columns)"
     )
+
+
+class EmbeddingOptions(ModuleConfig):
+    """The atom-embedding options of the built-in backbones' option schemas (see
+    :func:`make_embedding` and :func:`feature_dim_of`)."""
+
+    num_species: PosInt = 119
+    atom_feature_dim: PosInt | None = None
+    atom_features: Str = "none"
 
 
 def make_embedding(num_species: int, atom_feature_dim: int | None, width: int) -> nn.Module:

@@ -331,12 +331,11 @@ def build_model(model_cfg: dict[str, Any], tasks: dict[str, Any]):
             f"heads {sorted(heads_cfg)} do not match tasks {sorted(tasks)}: one head per task"
         )
     heads_cfg = {t: _head_for_task(t, c, tasks[t]) for t, c in heads_cfg.items()}
-    for t, c in heads_cfg.items():  # every option checked before anything is built
-        checked_options(HEADS[c["name"]], "head", c["name"],
-                        {k: v for k, v in c.items() if k != "name"}, 1, f"model.heads.{t}")
+    head_specs = {}  # every head option is checked before anything is built
+    for t, c in heads_cfg.items():
+        name, cls, kwargs = _split_name(c, "head", HEADS)
+        head_specs[t] = (cls, checked_options(cls, "head", name, kwargs, 1, f"model.heads.{t}"))
     backbone = build_backbone(model_cfg["backbone"], "model.backbone")
-    heads = nn.ModuleDict(
-        {t: build_head(c, backbone.out_spec, f"model.heads.{t}") for t, c in heads_cfg.items()}
-    )
+    heads = nn.ModuleDict({t: cls(backbone.out_spec, **opts) for t, (cls, opts) in head_specs.items()})
     norms = nn.ModuleDict({t: build_normalizer(tasks[t]) for t in heads_cfg})
     return PropertyModel(backbone, heads, norms, tasks)

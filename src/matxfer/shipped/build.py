@@ -32,11 +32,12 @@ HEADLINE = (
 BASELINES = {"zero": "predict zero", "train_mean": "training mean"}
 
 
-def _headline(metrics: dict) -> dict[str, dict[str, float]]:
+def headline_metrics(metrics: dict, keys: tuple[str, ...] = HEADLINE) -> dict[str, dict[str, float]]:
+    """target -> {metric: value} for the ``keys`` each target's metrics have (``n`` as int)."""
     out = {}
     for target, m in metrics.items():
         if isinstance(m, dict):
-            row = {k: float(m[k]) for k in HEADLINE if isinstance(m.get(k), (int, float))}
+            row = {k: float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
             if "n" in m:
                 row["n"] = int(m["n"])
             out[target] = row
@@ -68,7 +69,7 @@ def evaluate_ensemble(ckpt: dict, cfg) -> dict[str, Any]:
     by_system = {}
     for system, sub in sorted(groups.items()):
         m, _ = evaluate_graphs(model, tasks, data.subset(sub), symprec=symprec)
-        by_system[system] = {"n": len(sub), "metrics": _headline(m)}
+        by_system[system] = {"n": len(sub), "metrics": headline_metrics(m)}
     return {"split": which, "n": len(ids), "overall": overall, "by_crystal_system": by_system}
 
 
@@ -78,7 +79,7 @@ def member_spread(members: list[dict]) -> dict[str, dict[str, tuple[float, float
 
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for m in members:
-        for t, row in _headline(m).items():
+        for t, row in headline_metrics(m).items():
             for k, v in row.items():
                 if k != "n" and np.isfinite(v):
                     out.setdefault(t, {}).setdefault(k, []).append(v)  # type: ignore[arg-type]
@@ -134,7 +135,7 @@ def model_card(name: str, ckpt: dict, evaluation: dict, info: dict) -> str:
     lines.append(f"- wall time: {info['wall_time_s']:.0f} s ({info['members']} member(s))")
     lines.append(f"- written: {info['created']}, matxfer {ckpt.get('versions', {}).get('matxfer')}")
     lines += ["", f"## Test metrics ({evaluation['split']} split, n={evaluation['n']})", ""]
-    head = _headline(evaluation["overall"])
+    head = headline_metrics(evaluation["overall"])
     spread = member_spread(evaluation.get("members") or [])
     for t, row in head.items():
         base = evaluation["overall"][t].get("baselines") or {}
@@ -277,7 +278,7 @@ def write_card(name: str, folder: Path, ckpt: dict, entry: dict[str, Any]) -> di
             "created": entry.get("created", "")}
     (folder / entry.get("card", f"{name}.md")).write_text(model_card(name, ckpt, evaluation, info))
     entry = {**entry, "metrics": json_safe({"split": evaluation["split"], "n": evaluation["n"],
-                                            "test": _headline(evaluation["overall"])})}
+                                            "test": headline_metrics(evaluation["overall"])})}
     index = load_index(folder)
     index[name] = entry
     write_index(index, folder)

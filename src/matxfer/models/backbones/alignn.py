@@ -39,9 +39,9 @@ from annotated_types import Ge
 from torch import Tensor, nn
 
 from matxfer import keys as K
-from matxfer.config import Int, ModuleConfig, PosFloat, PosInt, Str
+from matxfer.config import Int, PosFloat, PosInt
 from matxfer.data.graphs import bond_cosines
-from matxfer.models.base import Backbone, feature_dim_of
+from matxfer.models.base import Backbone, EmbeddingOptions, feature_dim_of
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.radial import GaussianBasis
@@ -209,7 +209,7 @@ class ALIGNNLayer(nn.Module):
         return x, y, z
 
 
-class ALIGNNConfig(ModuleConfig):
+class ALIGNNConfig(EmbeddingOptions):
     """Options of the ``alignn`` backbone (see :class:`ALIGNN`)."""
 
     width: PosInt = 256
@@ -220,9 +220,6 @@ class ALIGNNConfig(ModuleConfig):
     num_angle_rbf: PosInt = 40
     embedding_dim: PosInt = 64
     norm: Norm = "batch"
-    num_species: PosInt = 119
-    atom_feature_dim: PosInt | None = None
-    atom_features: Str = "none"
 
 
 @register_backbone("alignn", config=ALIGNNConfig)

@@ -49,8 +49,8 @@ from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
 from matxfer import keys as K
-from matxfer.config import ModuleConfig, NonNegFloat, PosFloat, PosInt, Str
-from matxfer.models.base import Backbone, feature_dim_of, make_embedding
+from matxfer.config import NonNegFloat, PosFloat, PosInt
+from matxfer.models.base import Backbone, EmbeddingOptions, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.radial import GaussianBasis
@@ -163,7 +163,7 @@ class AttentionConv(nn.Module):
         return v + v.new_zeros(v.shape).index_add_(0, edge_dst, msg)
 
 
-class CGCNNConfig(ModuleConfig):
+class CGCNNConfig(EmbeddingOptions):
     """Options of the ``cgcnn`` and ``cgcnn-attention`` backbones (see :class:`CGCNN`)."""
 
     width: PosInt = 64
@@ -172,9 +172,6 @@ class CGCNNConfig(ModuleConfig):
     gaussian_stop: PosFloat = 8.0
     gaussian_step: PosFloat = 0.2
     gaussian_width: PosFloat | None = None
-    num_species: PosInt = 119
-    atom_feature_dim: PosInt | None = None
-    atom_features: Str = "none"
 
 
 @register_backbone("cgcnn", config=CGCNNConfig)

@@ -46,8 +46,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from matxfer import keys as K
-from matxfer.config import Bool, Int, ModuleConfig, PosFloat, PosInt, Str, Widths
-from matxfer.models.base import Backbone, feature_dim_of, make_embedding
+from matxfer.config import Bool, Int, PosFloat, PosInt, Str, Widths
+from matxfer.models.base import Backbone, EmbeddingOptions, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.e3 import EdgeTensorProduct, Gate, reset_e3nn_parameters
 from matxfer.nn.geometry import edge_vectors
@@ -148,7 +148,7 @@ class Interaction(nn.Module):
         return out
 
 
-class EquivariantConfig(ModuleConfig):
+class EquivariantConfig(EmbeddingOptions):
     """Options of the ``equivariant`` backbone (see :class:`EquivariantBackbone`)."""
 
     hidden_irreps: Str = DEFAULT_HIDDEN_IRREPS
@@ -159,9 +159,6 @@ class EquivariantConfig(ModuleConfig):
     radial_hidden: Widths = [32]
     envelope_p: PosInt = 6
     avg_num_neighbors: PosFloat = DEFAULT_AVG_NUM_NEIGHBORS
-    num_species: PosInt = 119
-    atom_feature_dim: PosInt | None = None
-    atom_features: Str = "none"
     max_path_l: Int | None = DEFAULT_MAX_PATH_L
     sh_l_nonscalar: Int | None = DEFAULT_SH_L_NONSCALAR
     residual: Bool = True

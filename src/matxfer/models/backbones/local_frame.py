@@ -76,8 +76,8 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from matxfer import keys as K
-from matxfer.config import Bool, ModuleConfig, PosFloat, PosInt, Str
-from matxfer.models.base import Backbone, feature_dim_of, make_embedding
+from matxfer.config import Bool, PosFloat, PosInt
+from matxfer.models.base import Backbone, EmbeddingOptions, feature_dim_of, make_embedding
 from matxfer.models.registry import register_backbone
 from matxfer.nn.geometry import edge_vectors
 from matxfer.nn.mlp import MLP, Activation, activation
@@ -395,7 +395,7 @@ class LocalFrameLayer(nn.Module):
         return h, m
 
 
-class LocalFrameConfig(ModuleConfig):
+class LocalFrameConfig(EmbeddingOptions):
     """Options of the ``local-frame`` backbone (see :class:`LocalFrameBackbone`)."""
 
     width: PosInt = 64
@@ -411,9 +411,6 @@ class LocalFrameConfig(ModuleConfig):
     avg_neighbors: PosFloat = 64.0
     parity_invariant: Bool = True
     act: Activation = "silu"
-    num_species: PosInt = 119
-    atom_feature_dim: PosInt | None = None
-    atom_features: Str = "none"
 
 
 @register_backbone("local-frame", config=LocalFrameConfig)

@@ -267,19 +267,24 @@ class _EdgeTensorBase(Head):
         return out.view(h.shape[0], *(3,) * self.rank)
 
 
-class EdgeTensorHeadConfig(ModuleConfig):
-    """Options of the ``edge-tensor`` head (see :class:`EdgeTensorHead`)."""
+class _EdgeHeadOptions(ModuleConfig):
+    """Options both edge tensor heads take (see :class:`_EdgeTensorBase`)."""
 
-    formula: Literal["ij=ji", "ij", "ijk=ikj", "ijkl=jikl=klij"] = "ij=ji"  # _TERM_ORDERS
     hidden: Widths = [64, 64]
     channels: PosInt = 8
     num_rbf: PosInt = 16
     cutoff: PosFloat = 8.0
     edge_features: Bool | None = None
     gate: Bool = True
-    reduce: Reduce = "mean"
     avg_num_neighbors: PosFloat = 12.0
     act: Activation = "silu"
+
+
+class EdgeTensorHeadConfig(_EdgeHeadOptions):
+    """Options of the ``edge-tensor`` head (see :class:`EdgeTensorHead`)."""
+
+    formula: Literal["ij=ji", "ij", "ijk=ikj", "ijkl=jikl=klij"] = "ij=ji"  # _TERM_ORDERS
+    reduce: Reduce = "mean"
 
 
 @register_head("edge-tensor", config=EdgeTensorHeadConfig)
@@ -361,18 +366,10 @@ class EdgeTensorHead(_EdgeTensorBase):
         return to_irreps(self.cartesian(backbone_out, data), self.formula)
 
 
-class EdgeAtomTensorHeadConfig(ModuleConfig):
+class EdgeAtomTensorHeadConfig(_EdgeHeadOptions):
     """Options of the ``edge-atom-tensor`` head (see :class:`EdgeAtomTensorHead`)."""
 
     formula: AtomFormula = "ij"
-    hidden: Widths = [64, 64]
-    channels: PosInt = 8
-    num_rbf: PosInt = 16
-    cutoff: PosFloat = 8.0
-    edge_features: Bool | None = None
-    gate: Bool = True
-    avg_num_neighbors: PosFloat = 12.0
-    act: Activation = "silu"
 
 
 @register_head("edge-atom-tensor", config=EdgeAtomTensorHeadConfig)
