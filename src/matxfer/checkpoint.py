@@ -347,6 +347,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def check_finite_weights(ckpt: dict, path: Any) -> None:
+    """Raise :class:`~matxfer.checkpoint.CheckpointError` when a floating-point weight of the
+    checkpoint (or of an ensemble member) holds NaN or inf: a damaged file or a diverged run,
+    whose every prediction would be NaN."""
+    members = ckpt.get("members") or []
+    states = [ckpt.get("state_dict") or {}] + [m.get("state_dict") or {} for m in members]
+    bad = [
+        (name, int((~torch.isfinite(v)).sum()), v.numel())
+        for state in states
+        for name, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        name, n_bad, n = bad[0]
+        raise CheckpointError(
+            f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {name!r}, "
+            f"{n_bad} of {n} values); the file is damaged or its training diverged, so it "
+            "cannot predict or be fine-tuned; use another checkpoint (e.g. best.ckpt of the "
+            "run) or train again"
+        )
+
+
 # ----------------------------------------------------------------------------------------
 # third-party backbones stored by reference (slim checkpoints)
 # ----------------------------------------------------------------------------------------

@@ -30,38 +30,16 @@ def load_predictor(path_or_ckpt: str | Path | dict) -> tuple[Any, dict[str, Task
     Returns:
         ``(model, tasks, settings, featurizer or None, checkpoint dict)``.
     """
-    from matxfer.checkpoint import load_checkpoint, model_from_checkpoint
+    from matxfer.checkpoint import check_finite_weights, load_checkpoint, model_from_checkpoint
     from matxfer.data.atom_features import AtomFeaturizer
     from matxfer.data.graphs import GraphSettings
 
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
-    _check_finite_weights(ckpt, "a checkpoint" if isinstance(path_or_ckpt, dict) else path_or_ckpt)
+    check_finite_weights(ckpt, "a checkpoint" if isinstance(path_or_ckpt, dict) else path_or_ckpt)
     model, tasks = model_from_checkpoint(ckpt)
     settings = GraphSettings.from_dict(ckpt["graph"])
     feat = AtomFeaturizer.from_state(ckpt["atom_features"]) if ckpt.get("atom_features") else None
     return model, tasks, settings, feat, ckpt
-
-
-def _check_finite_weights(ckpt: dict, path: Any) -> None:
-    """Raise :class:`~matxfer.checkpoint.CheckpointError` when a floating-point weight of the
-    checkpoint (or of an ensemble member) holds NaN or inf: a damaged file or a diverged run,
-    whose every prediction would be NaN."""
-    from matxfer.checkpoint import CheckpointError
-
-    states = [ckpt.get("state_dict") or {}] + [m.get("state_dict") or {} for m in ckpt.get("members") or []]
-    bad = [
-        (name, int((~torch.isfinite(v)).sum()), v.numel())
-        for state in states
-        for name, v in state.items()
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-    ]
-    if bad:
-        name, n_bad, n = bad[0]
-        raise CheckpointError(
-            f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {name!r}, "
-            f"{n_bad} of {n} values); the file is damaged or its training diverged, so it "
-            "cannot predict; use another checkpoint (e.g. best.ckpt of the run) or train again"
-        )
 
 
 @torch.no_grad()

@@ -293,6 +293,17 @@ def test_bad_checkpoint(fz, name, tmp_path):
     assert not fz["marker"].exists()
 
 
+def test_nan_weights_are_refused_as_a_parent(fz, tmp_path):
+    # fine-tuning from a diverged or damaged parent would train on NaN and write NaN weights
+    cfg = F.write_train_config(tmp_path / "ft.yaml", fz["data"])
+    parent = fz["checkpoints"] / "nan_weights.ckpt"
+    _one_error_line(
+        F.run_cli(["finetune", cfg, "--init-from", parent, "--out", tmp_path / "ft"]),
+        "nan_weights.ckpt", "NaN or inf", "fine-tuned",
+    )
+    assert not (tmp_path / "ft" / "model.ckpt").exists()
+
+
 def test_hostile_checkpoint_as_parent_and_as_cgcnn_file(fz, tmp_path):
     ck = fz["checkpoints"]
     cfg = F.write_train_config(tmp_path / "ft.yaml", fz["data"])

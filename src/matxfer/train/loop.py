@@ -243,6 +243,7 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
     from matxfer.checkpoint import (
         _plain,
         build_checkpoint,
+        check_finite_weights,
         file_sha256,
         load_checkpoint,
         save_checkpoint,
@@ -267,7 +268,10 @@ def fit(cfg: RunConfig, command: str = "train", force: bool = False) -> FitResul
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         tasks = build_tasks(cfg)
-        parent = load_checkpoint(cfg.transfer.init_from) if cfg.transfer.init_from else None
+        parent = None
+        if cfg.transfer.init_from:
+            parent = load_checkpoint(cfg.transfer.init_from)
+            check_finite_weights(parent, cfg.transfer.init_from)
         model, settings, featurizer, atom_state, provenance = build_run_model(cfg, tasks, parent)
         data = prepare_data(cfg.data, tasks, settings, featurizer)
         if not data.split.train or not data.split.val:
