@@ -4,13 +4,14 @@ data): shared pretraining, cells, results.csv, report; resume and retry."""
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
 
 import matxfer.train.loop as loop
 from matxfer.study.config import study_from_dict
-from matxfer.study.runner import StudyRunner
+from matxfer.study.runner import StudyRunner, read_sittings
 
 TINY = {"name": "cgcnn", "width": 8, "n_conv": 2}
 
@@ -89,11 +90,17 @@ def test_tiny_study_completes_then_resumes_without_redoing_cells(tmp_path, count
     report = (out / "report.md").read_text()
     assert "## gap: energy (test mae)" in report and "| n=8 | n=16 |" in report
     assert (out / "learning_curve_gap_energy.png").stat().st_size > 1000
+    # the sitting is recorded: command, machine, cells, elapsed time; the report shows it
+    (sitting,) = read_sittings(out)
+    assert sitting["cells_run"] == 12 and sitting["elapsed_s"] > 0
+    assert sitting["machine"]["cpus"] == os.cpu_count() and sitting["command"]
+    assert "## How this study was run" in report and "over 1 sitting(s)" in report
 
     # a rerun trains nothing and leaves the results as they were
     counted_fit.clear()
     StudyRunner(_tiny_study(), out).run(progress=False)
     assert counted_fit == []
+    assert [st["cells_run"] for st in read_sittings(out)] == [12, 0]
     again = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(
         again.sort_values(["recipe", "size", "seed"]).reset_index(drop=True),

@@ -191,10 +191,85 @@ def reference_section(df: pd.DataFrame, ref: dict[str, Any]) -> list[str]:
                 ours, ratio = "–", "–"
             lines.append(f"| {recipe} | {ours} | {pub} | {ratio} |")
         lines.append("")
+        if col and "scratch" in values:
+            lines += claims_section(sub[sub["size"] == size], col, values)
     rest = {k: v for k, v in ref.items() if k not in ("source", "target", "metric", "label", "values")}
     if rest:
         lines += ["```", json.dumps(rest, indent=1), "```", ""]
     return lines
+
+
+def _mean_se(values: pd.Series) -> tuple[float, float]:
+    v = values.dropna()
+    m = float(v.mean()) if len(v) else float("nan")
+    se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return m, se
+
+
+def claims_section(sub: pd.DataFrame, col: str, values: dict[str, Any]) -> list[str]:
+    """Per published recipe: does ours move the same way relative to scratch?
+
+    The published number of each recipe against the published scratch gives the claim's
+    direction (transfer helped or hurt); ours is judged with :func:`verdict` over seeds. A claim
+    is *reproduced* when ours goes the same way beyond the noise, *contradicted* when it goes
+    the other way beyond the noise, and *not resolved* when ours is within noise of scratch.
+    """
+    pub_s = float(values["scratch"])
+    ms, ses = _mean_se(sub.loc[sub["recipe"] == "scratch", col])
+    if not (np.isfinite(ms) and pub_s):
+        return []
+    lines = [
+        "Published claims against ours: each recipe's direction relative to scratch (published: one "
+        "run; ours: mean over seeds, judged against twice the combined standard error).",
+        "",
+        "| recipe | published / scratch | ours / scratch | ours vs scratch | claim |",
+        "|---|---|---|---|---|",
+    ]
+    counts = {"reproduced": 0, "contradicted": 0, "not resolved": 0}
+    for recipe, pub in values.items():
+        if recipe == "scratch":
+            continue
+        mr, ser = _mean_se(sub.loc[sub["recipe"] == recipe, col])
+        if not np.isfinite(mr):
+            continue
+        pub_dir = "better" if float(pub) < pub_s else "worse"
+        ours = verdict(mr, ser, ms, ses)
+        claim = "not resolved" if ours == "within noise" else ("reproduced" if ours == pub_dir else "contradicted")
+        counts[claim] += 1
+        lines.append(f"| {recipe} | {float(pub) / pub_s:.3f} ({pub_dir}) | {mr / ms:.3f} | {ours} | {claim} |")
+    lines += ["", "Claims: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".", ""]
+    return lines
+
+
+def run_section(out: Path, df_all: pd.DataFrame) -> list[str]:
+    """Hardware, commands and wall time of the sittings recorded in ``sittings.json``."""
+    from matxfer.machine import summary
+    from matxfer.study.runner import read_sittings
+
+    lines = ["## How this study was run", ""]
+    sittings = read_sittings(out)
+    machines = list(dict.fromkeys(summary(s["machine"]) for s in sittings if isinstance(s.get("machine"), dict)))
+    if machines:
+        lines += ["Hardware: " + "; ".join(machines) + ".", ""]
+    if sittings:
+        lines += ["| started (UTC) | command | processes x threads | cells run | elapsed (min) |",
+                  "|---|---|---|---|---|"]
+        for st in sittings:
+            lines.append(
+                f"| {st.get('started', '?')} | `{st.get('command', '?')}`{' (' + st['note'] + ')' if st.get('note') else ''} | {st.get('jobs', '?')} x "
+                f"{st.get('threads', '?')} | {st.get('cells_run', '?')} | {float(st.get('elapsed_s', 0)) / 60:.1f} |"
+            )
+        lines.append("")
+    ok = df_all[df_all["status"] == "ok"] if "status" in df_all else df_all
+    times = pd.to_numeric(ok.get("wall_time_s", pd.Series(dtype=float)), errors="coerce").fillna(0.0)
+    is_pre = ok["kind"] == "pretrain" if "kind" in ok else pd.Series(False, index=ok.index)
+    elapsed = sum(float(st.get("elapsed_s", 0)) for st in sittings)
+    text = (f"Wall time: {elapsed / 60:.1f} min over {len(sittings)} sitting(s). " if sittings else
+            "No sittings were recorded for this study directory. ")
+    text += (f"The runs' own training times add up to {times.sum() / 60:.1f} min (pretraining "
+             f"{times[is_pre].sum() / 60:.1f} min, fine-tuning cells {times[~is_pre].sum() / 60:.1f} min); "
+             "with several processes they overlap.")
+    return lines + [text, ""]
 
 
 def write_report(out: str | Path, study=None) -> Path:
@@ -326,6 +401,7 @@ def write_report(out: str | Path, study=None) -> Path:
             lines.append("")
     if study is not None and study.reference:
         lines += reference_section(df, study.reference)
+    lines += run_section(out, df_all)
     if len(failed):
         lines.append("## Failed runs")
         lines.append("")

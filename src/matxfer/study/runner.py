@@ -9,6 +9,7 @@ Layout of the study directory::
     DIR/results.csv                    one row per run
     DIR/report.md, DIR/*.png           written by :mod:`matxfer.study.report`
     DIR/study.log
+    DIR/sittings.json                  one entry per run of the study: command, machine, times
 
 A rerun skips finished cells (and finished pretraining runs). A cell that fails is recorded
 with its error and the study goes on; a rerun tries failed cells again (``retry_failed``).
@@ -143,6 +144,7 @@ class StudyRunner:
         retry_failed: bool = True,
         jobs: int = 1,
         threads: int | None = None,
+        command: str | None = None,
     ):
         """
         Args:
@@ -153,6 +155,8 @@ class StudyRunner:
             jobs: runs (pretraining, then cells) trained at the same time, each in its own
                 process; 1 runs everything in this process.
             threads: torch threads per worker process (default: CPU count / jobs).
+            command: the command line recorded in ``sittings.json`` (default: this
+                process's ``sys.argv``).
         """
         if jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -162,6 +166,7 @@ class StudyRunner:
         self.retry_failed = retry_failed
         self.jobs = int(jobs)
         self.threads = threads
+        self.command = command
         self.pretrained: dict[str, dict[str, Any]] = {}
         #: (cell directory, error) of each cell of the last :meth:`run` that failed
         self.failed: list[tuple[str, str]] = []
@@ -372,16 +377,28 @@ class StudyRunner:
         raw["out"] = str(self.out / "pretrain" / spec.name)
         return raw
 
+    def _finished_row(self, done: Path) -> dict[str, Any] | None:
+        """The recorded row of a cell that needs no (re)run, else None."""
+        if not done.is_file():
+            return None
+        prev = json.loads(done.read_text())
+        return prev if prev.get("status") == "ok" or not self.retry_failed else None
+
+    def pending(self, cell) -> bool:
+        """Whether :meth:`run_cell` would train ``cell`` (not finished, or failed and retried)."""
+        target, _, size, recipe, seed = cell
+        return self._finished_row(self.cell_dir(target, recipe, size, seed) / "result.json") is None
+
     def run_cell(self, target, split, size, recipe: RecipeSpec, seed) -> dict[str, Any]:
         from matxfer.train.loop import fit
 
         run_dir = self.cell_dir(target, recipe, size, seed)
         done = run_dir / "result.json"
+        prev = self._finished_row(done)
+        if prev is not None:
+            return prev
         if done.is_file():
-            prev = json.loads(done.read_text())
-            if prev.get("status") == "ok" or not self.retry_failed:
-                return prev
-            log.info("retrying failed cell %s (%s)", run_dir, prev.get("error", ""))
+            log.info("retrying failed cell %s (%s)", run_dir, json.loads(done.read_text()).get("error", ""))
         run_dir.mkdir(parents=True, exist_ok=True)
         train = subsample(split["pool"], size, seed)
         Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")
@@ -476,6 +493,7 @@ class StudyRunner:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("matxfer").addHandler(handler)
         self.check_cell_configs()
+        self._sitting = self._start_sitting()
         pool = self._pool() if self.jobs > 1 else None
         try:
             self.run_pretraining(pool)
@@ -483,6 +501,7 @@ class StudyRunner:
             if self.max_cells is not None:
                 todo = todo[: self.max_cells]
             self.n_cells = len(todo)
+            trained = {id(c) for c in todo if self.pending(c)}
             bar = progress_bar("study cells", total=len(todo), disable=not progress or None)
             if pool is None:
                 for cell in todo:
@@ -491,6 +510,7 @@ class StudyRunner:
                     self._note(cell, self.run_cell(*cell))
                     bar.update(1)
                     self.write_results()
+                    self._save_sitting(cells=int(id(cell) in trained))
             else:
                 futures = {
                     pool.submit(_cell_in_worker, self.study, self.out, self.pretrained, self.retry_failed, cell): cell
@@ -506,8 +526,10 @@ class StudyRunner:
                     bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
                     bar.update(1)
                     self.write_results()
+                    self._save_sitting(cells=int(id(futures[fut]) in trained))
             bar.close()
             path = self.write_results()
+            self._save_sitting()
             from matxfer.study.report import write_report
 
             write_report(self.out, self.study)
@@ -515,8 +537,50 @@ class StudyRunner:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            self._save_sitting()
             logging.getLogger("matxfer").removeHandler(handler)
             handler.close()
+
+    # ------------------------------------------------------------------ sittings
+    def _start_sitting(self) -> dict[str, Any]:
+        """Append this run's entry (command, machine, start time) to ``sittings.json``."""
+        import shlex
+        import sys
+
+        from matxfer.machine import describe
+
+        argv = list(sys.argv)
+        if argv and Path(argv[0]).name in ("matxfer", "__main__.py"):
+            argv = ["matxfer", *argv[1:]]
+        sitting = {
+            "command": self.command or shlex.join(argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "elapsed_s": 0.0,
+            "cells_run": 0,
+            "jobs": self.jobs,
+            "threads": self.threads or max(1, (os.cpu_count() or 1) // self.jobs),
+            "machine": describe(),
+        }
+        self._sitting_t0 = time.monotonic()
+        sittings = read_sittings(self.out)
+        sittings.append(sitting)
+        self._sitting_index = len(sittings) - 1
+        _write_json(self.out / SITTINGS_NAME, sittings)
+        return sitting
+
+    def _save_sitting(self, cells: int = 0) -> None:
+        """Update this run's entry: elapsed time so far and cells run."""
+        sitting = getattr(self, "_sitting", None)
+        if sitting is None:
+            return
+        sitting["elapsed_s"] = round(time.monotonic() - self._sitting_t0, 1)
+        sitting["cells_run"] += cells
+        sittings = read_sittings(self.out)
+        if self._sitting_index < len(sittings):
+            sittings[self._sitting_index] = sitting
+        else:
+            sittings.append(sitting)
+        _write_json(self.out / SITTINGS_NAME, sittings)
 
     def _pool(self):
         """Worker processes (spawned: no shared torch state), ``threads`` torch threads each."""
@@ -571,6 +635,26 @@ class StudyRunner:
             w.writeheader()
             w.writerows(rows)
         return path
+
+
+#: per-run record inside a study directory (see :meth:`StudyRunner._start_sitting`)
+SITTINGS_NAME = "sittings.json"
+
+
+def read_sittings(out: str | Path) -> list[dict[str, Any]]:
+    """The study directory's sittings (empty when none were recorded or the file is unreadable)."""
+    path = Path(out) / SITTINGS_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from matxfer.cache_io import write_bytes_atomic
+
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode())
 
 
 # ----------------------------------------------------------------------------------------
