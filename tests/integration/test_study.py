@@ -153,5 +153,8 @@ def test_parallel_cells_give_the_same_results_as_sequential(tmp_path):
     seq, par = (d[d["kind"] != "pretrain"][cols].sort_values(cols[:3]).reset_index(drop=True) for d in (seq, par))
     assert len(par) == 4 and (par["status"] == "ok").all()
     pd.testing.assert_frame_equal(seq, par)
+    # the sitting records the worker processes and the cells they trained
+    (sitting,) = read_sittings(tmp_path / "par")
+    assert (sitting["jobs"], sitting["threads"], sitting["cells_run"]) == (2, 1, 4)
     with pytest.raises(ValueError, match="jobs must be"):
         StudyRunner(study(), tmp_path / "x", jobs=0)

@@ -172,6 +172,9 @@ class StudyRunner:
         self.failed: list[tuple[str, str]] = []
         #: number of cells the last :meth:`run` went through
         self.n_cells = 0
+        #: this run's entry of ``sittings.json`` (see :meth:`_start_sitting`), and all entries
+        self._sitting: dict[str, Any] | None = None
+        self._sittings: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ pretraining
     def _used(self, spec) -> bool:
@@ -377,28 +380,26 @@ class StudyRunner:
         raw["out"] = str(self.out / "pretrain" / spec.name)
         return raw
 
-    def _finished_row(self, done: Path) -> dict[str, Any] | None:
-        """The recorded row of a cell that needs no (re)run, else None."""
-        if not done.is_file():
-            return None
-        prev = json.loads(done.read_text())
-        return prev if prev.get("status") == "ok" or not self.retry_failed else None
+    def _needs_run(self, prev: dict[str, Any] | None) -> bool:
+        """Whether a cell with recorded row ``prev`` (None: none) is to be trained."""
+        return prev is None or (prev.get("status") != "ok" and self.retry_failed)
 
     def pending(self, cell) -> bool:
         """Whether :meth:`run_cell` would train ``cell`` (not finished, or failed and retried)."""
         target, _, size, recipe, seed = cell
-        return self._finished_row(self.cell_dir(target, recipe, size, seed) / "result.json") is None
+        done = self.cell_dir(target, recipe, size, seed) / "result.json"
+        return self._needs_run(json.loads(done.read_text()) if done.is_file() else None)
 
     def run_cell(self, target, split, size, recipe: RecipeSpec, seed) -> dict[str, Any]:
         from matxfer.train.loop import fit
 
         run_dir = self.cell_dir(target, recipe, size, seed)
         done = run_dir / "result.json"
-        prev = self._finished_row(done)
-        if prev is not None:
+        prev = json.loads(done.read_text()) if done.is_file() else None
+        if prev is not None and not self._needs_run(prev):
             return prev
-        if done.is_file():
-            log.info("retrying failed cell %s (%s)", run_dir, json.loads(done.read_text()).get("error", ""))
+        if prev is not None:
+            log.info("retrying failed cell %s (%s)", run_dir, prev.get("error", ""))
         run_dir.mkdir(parents=True, exist_ok=True)
         train = subsample(split["pool"], size, seed)
         Split(train, split["val"], split["test"], seed).save(run_dir / "cell_split.json")
@@ -501,32 +502,33 @@ class StudyRunner:
             if self.max_cells is not None:
                 todo = todo[: self.max_cells]
             self.n_cells = len(todo)
-            trained = {id(c) for c in todo if self.pending(c)}
+            trains = [self.pending(c) for c in todo]
             bar = progress_bar("study cells", total=len(todo), disable=not progress or None)
             if pool is None:
-                for cell in todo:
+                for i, cell in enumerate(todo):
                     target, split, size, recipe, seed = cell
                     bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
                     self._note(cell, self.run_cell(*cell))
                     bar.update(1)
                     self.write_results()
-                    self._save_sitting(cells=int(id(cell) in trained))
+                    self._save_sitting(cells=int(trains[i]))
             else:
                 futures = {
-                    pool.submit(_cell_in_worker, self.study, self.out, self.pretrained, self.retry_failed, cell): cell
-                    for cell in todo
+                    pool.submit(_cell_in_worker, self.study, self.out, self.pretrained, self.retry_failed, cell): i
+                    for i, cell in enumerate(todo)
                 }
                 for fut in as_completed(futures):
-                    target, _, size, recipe, seed = futures[fut]
+                    i = futures[fut]
+                    target, _, size, recipe, seed = todo[i]
                     try:
                         row = fut.result()
                     except Exception as exc:  # the worker process itself died
-                        row = self._record_crash(futures[fut], exc)
-                    self._note(futures[fut], row)
+                        row = self._record_crash(todo[i], exc)
+                    self._note(todo[i], row)
                     bar.set_postfix_str(f"{target.name} {recipe.name} n={size} seed={seed}")
                     bar.update(1)
                     self.write_results()
-                    self._save_sitting(cells=int(id(futures[fut]) in trained))
+                    self._save_sitting(cells=int(trains[i]))
             bar.close()
             path = self.write_results()
             self._save_sitting()
@@ -552,41 +554,41 @@ class StudyRunner:
         argv = list(sys.argv)
         if argv and Path(argv[0]).name in ("matxfer", "__main__.py"):
             argv = ["matxfer", *argv[1:]]
+        machine = describe()
         sitting = {
             "command": self.command or shlex.join(argv),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "elapsed_s": 0.0,
             "cells_run": 0,
             "jobs": self.jobs,
-            "threads": self.threads or max(1, (os.cpu_count() or 1) // self.jobs),
-            "machine": describe(),
+            # jobs == 1 trains in this process, with its own torch threads
+            "threads": self._worker_threads() if self.jobs > 1 else machine["torch_threads"],
+            "machine": machine,
         }
         self._sitting_t0 = time.monotonic()
-        sittings = read_sittings(self.out)
-        sittings.append(sitting)
-        self._sitting_index = len(sittings) - 1
-        _write_json(self.out / SITTINGS_NAME, sittings)
+        # the study lock keeps other runs from writing the file meanwhile
+        self._sittings = [*read_sittings(self.out), sitting]
+        _write_json(self.out / SITTINGS_NAME, self._sittings)
         return sitting
 
     def _save_sitting(self, cells: int = 0) -> None:
         """Update this run's entry: elapsed time so far and cells run."""
-        sitting = getattr(self, "_sitting", None)
+        sitting = self._sitting
         if sitting is None:
             return
         sitting["elapsed_s"] = round(time.monotonic() - self._sitting_t0, 1)
         sitting["cells_run"] += cells
-        sittings = read_sittings(self.out)
-        if self._sitting_index < len(sittings):
-            sittings[self._sitting_index] = sitting
-        else:
-            sittings.append(sitting)
-        _write_json(self.out / SITTINGS_NAME, sittings)
+        _write_json(self.out / SITTINGS_NAME, self._sittings)
+
+    def _worker_threads(self) -> int:
+        """Torch threads of each worker process: ``threads``, else CPU count / jobs."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
 
     def _pool(self):
         """Worker processes (spawned: no shared torch state), ``threads`` torch threads each."""
         import multiprocessing
 
-        threads = self.threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = self._worker_threads()
         return ProcessPoolExecutor(
             max_workers=self.jobs,
             mp_context=multiprocessing.get_context("spawn"),
